@@ -1,0 +1,204 @@
+"Property tests for sensq.quant: RTN against an independent loop reference, bits accounting, bad input, Triton kernel."
+import os
+from fractions import Fraction
+if not __import__('torch').cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
+import numpy as np
+import pytest
+import torch
+from sensq.quant import (QuantSpec, QuantizedTensor, group_bounds, num_groups, find_params, quantize_codes,
+                         dequantize_codes, quantize, dequantize, rtn, rtn_triton, storage_bits, bits_per_weight)
+
+
+def rtn_loop(W, bits, group_size, sym):
+    "Independent reference: a Python loop over rows and groups in NumPy float32, GPTQ's Quantizer written out by hand."
+    W = np.asarray(W, dtype=np.float32); maxq = np.float32(2**bits - 1)
+    Q, S, Z = np.empty_like(W), [], []
+    g = W.shape[1] if group_size is None else group_size
+    for i in range(W.shape[0]):
+        S.append([]); Z.append([])
+        for a in range(0, W.shape[1], g):
+            w = W[i, a:a+g]
+            xmin, xmax = min(w.min(), np.float32(0)), max(w.max(), np.float32(0))
+            if sym:
+                xmax = max(abs(xmin), xmax)
+                if xmin < 0: xmin = -xmax
+            if (xmax - xmin) / maxq == 0: xmin, xmax = np.float32(-1), np.float32(1)
+            s = (xmax - xmin) / maxq
+            z = np.float32((maxq + 1) / 2) if sym else np.round(-xmin / s)
+            q = np.clip(np.round(w / s) + z, 0, maxq)
+            Q[i, a:a+g] = s * (q - z)
+            S[-1].append(s); Z[-1].append(z)
+    return Q, np.array(S, dtype=np.float32), np.array(Z, dtype=np.float32)
+
+
+def random_case(rng):
+    d_row, d_col = int(rng.integers(1, 17)), int(rng.integers(1, 300))
+    g = [None, 1, 3, 16, 32, 64, 128, 256, int(rng.integers(1, 300))][int(rng.integers(0, 9))]
+    spec = QuantSpec(int(rng.integers(2, 9)), g, bool(rng.integers(0, 2)))
+    W = rng.standard_normal((d_row, d_col)).astype(np.float32) * np.float32(10.0 ** rng.uniform(-4, 2))
+    kind = rng.integers(0, 4)  # some special rows: zeros, no negatives, exact ties on a power-of-two grid
+    if kind == 1: W[0] = 0
+    elif kind == 2: W[0] = np.abs(W[0])
+    elif kind == 3: W = np.round(W * 4) / 4
+    return torch.from_numpy(W), spec
+
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # rtn_triton needs CUDA tensors unless interpreted
+
+
+def bits_of(t): return t.view({torch.float32: torch.int32, torch.float64: torch.int64}.get(t.dtype, torch.int16))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_rtn_matches_loop_reference(seed):
+    W, spec = random_case(np.random.default_rng(seed))
+    Q_ref, S_ref, Z_ref = rtn_loop(W.numpy(), spec.bits, spec.group_size, spec.sym)
+    Q = rtn(W, spec)
+    assert Q.dtype == W.dtype and Q.shape == W.shape and Q.is_contiguous()
+    assert np.array_equal(Q.numpy().view(np.int32), Q_ref.view(np.int32)), (tuple(W.shape), str(spec))
+    scale, zero = find_params(W, spec)
+    assert np.array_equal(scale.numpy(), S_ref) and np.array_equal(zero.numpy(), Z_ref)
+    qt = quantize(W, spec)
+    assert qt.codes.dtype == torch.uint8 and int(qt.codes.min()) >= 0 and int(qt.codes.max()) <= spec.maxq
+    assert torch.equal(bits_of(dequantize(qt)), bits_of(Q)) and torch.equal(bits_of(qt.dequantize()), bits_of(Q))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_groups_are_independent_and_scale_equivariant(seed):
+    W, spec = random_case(np.random.default_rng(100 + seed))
+    Q = rtn(W, spec)
+    for a, b in group_bounds(W.shape[1], spec.group_size):  # each group quantized alone as a whole row
+        assert torch.equal(Q[:, a:b], rtn(W[:, a:b].contiguous(), QuantSpec(spec.bits, None, spec.sym)))
+    for c in (0.25, 8.0):  # powers of two scale the grid exactly
+        assert torch.equal(rtn(W * c, spec), Q * c)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_column_primitives_rebuild_rtn(seed):
+    "GPTQ's use: quantize one column at a time with the (d_row, 1) params of its group."
+    W, spec = random_case(np.random.default_rng(200 + seed))
+    scale, zero = find_params(W, spec)
+    g = W.shape[1] if spec.group_size is None else spec.group_size
+    cols = []
+    for j in range(W.shape[1]):
+        s, z = scale[:, j // g, None], zero[:, j // g, None]
+        cols.append(dequantize_codes(quantize_codes(W[:, j:j+1], s, z, spec.maxq), s, z))
+    assert torch.equal(torch.cat(cols, 1), rtn(W, spec))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_error_bound_and_nearest_level(seed):
+    W, spec = random_case(np.random.default_rng(300 + seed))
+    qt, Q = quantize(W, spec), rtn(W, spec)
+    g = W.shape[1] if spec.group_size is None else spec.group_size
+    idx = torch.arange(W.shape[1]) // g
+    s, z = qt.scale[:, idx], qt.zero[:, idx]
+    eps = 2 * (spec.maxq + 1) * 2**-24  # float32 rounding of w/s (|w/s| <= maxq+1) and of s*(q-z), in steps
+    inside = (W >= s * -z) & (W <= s * (spec.maxq - z))
+    assert ((W - Q).abs() <= s * (0.5 + eps))[inside].all()
+    levels = s[..., None] * (torch.arange(spec.maxq + 1.) - z[..., None])
+    nearest = (W[..., None] - levels).abs().min(-1).values
+    assert ((W - Q).abs() - nearest).abs().le(eps * s).all()
+
+
+def test_round_half_to_even():
+    W = torch.tensor([[-7., 8., 0.5, 1.5, 2.5, 3.5, -0.5, -1.5, -2.5]])  # 4-bit asym: s = 1, z = 7 exactly
+    test = rtn(W, QuantSpec(4, None))
+    assert torch.equal(test, torch.tensor([[-7., 8., 0., 2., 2., 4., 0., -2., -2.]]))
+    assert torch.equal(quantize(W, QuantSpec(4, None)).codes, torch.tensor([[0, 15, 7, 9, 9, 11, 7, 5, 5]], dtype=torch.uint8))
+
+
+def test_hand_computed_params():
+    W = torch.tensor([[-1., 2.], [0.5, 1.5], [0., 0.], [-3., 1.]])
+    s, z = find_params(W, QuantSpec(2, None))
+    assert torch.allclose(s[:, 0], torch.tensor([1., 0.5, 2/3, 4/3])) and z[:, 0].tolist() == [1., 0., 2., 2.]
+    s, z = find_params(W, QuantSpec(2, None, sym=True))  # [-2,2], [0,1.5] (no negatives: xmin stays 0), zeros, [-3,3]
+    assert torch.allclose(s[:, 0], torch.tensor([4/3, 0.5, 2/3, 2.])) and z[:, 0].tolist() == [2., 2., 2., 2.]
+
+
+@pytest.mark.parametrize("shape,spec,expected", [
+    ((576, 576), QuantSpec(4, 128), Fraction(576*4 + 5*(16+4), 576)),           # 4 groups of 128 + one of 64
+    ((1536, 576), QuantSpec(3, 128), Fraction(576*3 + 5*(16+3), 576)),
+    ((576, 1536), QuantSpec(2, 64), Fraction(1536*2 + 24*(16+2), 1536)),
+    ((576, 576), QuantSpec(4, 128, sym=True), Fraction(576*4 + 5*16, 576)),
+    ((7, 45), QuantSpec(3, 16), Fraction(45*3 + 3*(16+3), 45)),
+    ((10, 33), QuantSpec(8, None), Fraction(33*8 + 16 + 8, 33)),
+    ((3, 5), QuantSpec(2, 1), Fraction(5*2 + 5*(16+2), 5)),
+    ((3, 5), QuantSpec(2, 100), Fraction(5*2 + 18, 5)),
+])
+def test_bits_per_weight_exact(shape, spec, expected):
+    assert storage_bits(shape, spec) == shape[0] * expected.numerator * (shape[1] // expected.denominator)
+    assert bits_per_weight(shape, spec) == float(expected)
+    assert bits_per_weight(shape, spec, scale_bits=32, zero_bits=0) == float(Fraction(
+        shape[0] * shape[1] * spec.bits + shape[0] * num_groups(shape[1], spec.group_size) * 32, shape[0] * shape[1]))
+
+
+def test_bits_per_weight_q4_1_is_five():
+    assert bits_per_weight((576, 576), QuantSpec(4, 32), zero_bits=16) == 5.0
+
+
+@pytest.mark.parametrize("kw,match", [(dict(bits=1), "bits"), (dict(bits=9), "bits"), (dict(bits=4.0), "bits"),
+                                      (dict(bits="4"), "bits"), (dict(bits=True), "bits"), (dict(group_size=0), "group_size"),
+                                      (dict(group_size=-8), "group_size"), (dict(group_size=1.5), "group_size"),
+                                      (dict(sym=1), "sym")])
+def test_quantspec_rejects(kw, match):
+    with pytest.raises(ValueError, match=match): QuantSpec(**kw)
+
+
+def test_quantspec_basics():
+    assert QuantSpec().maxq == 15 and str(QuantSpec()) == "w4g128a" and str(QuantSpec(3, None, True)) == "w3g-1s"
+    assert QuantSpec(4, 128) == QuantSpec(np.int64(4), np.int64(128))
+    with pytest.raises(Exception): QuantSpec().bits = 3  # frozen
+
+
+@pytest.mark.parametrize("fn", [rtn, quantize, find_params, rtn_triton])
+@pytest.mark.parametrize("W,match", [
+    (torch.tensor([[1., float("nan")]]), "NaN"), (torch.tensor([[float("inf"), 1.]]), "Inf"),
+    (torch.ones(3), "2-D"), (torch.ones(2, 2, 2), "2-D"), (torch.ones(2, 3, dtype=torch.int64), "floating"),
+    (torch.ones(0, 3), "empty"), (np.ones((2, 2)), "torch.Tensor")])
+def test_bad_weights(fn, W, match):
+    with pytest.raises(ValueError, match=match): fn(W, QuantSpec())
+
+
+@pytest.mark.parametrize("shape,match", [((4,), "shape"), ((0, 4), "d_row"), ((4, 0), "d_col"), ((4, 2.5), "d_col")])
+def test_bits_bad_shape(shape, match):
+    with pytest.raises(ValueError, match=match): bits_per_weight(shape, QuantSpec())
+
+
+def test_quantized_tensor_checks_shapes():
+    c = torch.zeros(2, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="zero shape"): QuantizedTensor(c, torch.ones(2, 2), torch.ones(2, 1), QuantSpec(4, 2), (2, 3))
+    with pytest.raises(ValueError, match="codes shape"): QuantizedTensor(c, torch.ones(2, 1), torch.ones(2, 1), QuantSpec(4, 2), (3, 2))
+
+
+def test_dtypes_preserved():
+    W = torch.randn(6, 40)
+    for dt in (torch.float16, torch.bfloat16, torch.float64):
+        Q = rtn(W.to(dt), QuantSpec(3, 16))
+        assert Q.dtype == dt
+        if dt != torch.float64: assert torch.equal(Q.float(), rtn(W.to(dt).float(), QuantSpec(3, 16)).to(dt).float())
+        assert quantize(W.to(dt), QuantSpec(3, 16)).dequantize().dtype == dt
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_triton_kernel_bit_exact(seed):
+    "Fused kernel equals its torch spec on random odd shapes (interpreted on CPU, so shapes stay small)."
+    rng = np.random.default_rng(400 + seed)
+    W, spec = random_case(rng)
+    W = W[:8, :200].contiguous()
+    dt = [torch.float32, torch.float16, torch.bfloat16, torch.float64][seed % 4]
+    W = W.to(DEV, dt)
+    Q, (S, Z) = rtn_triton(W, spec, return_params=True)
+    assert torch.equal(bits_of(Q), bits_of(rtn(W, spec))), (tuple(W.shape), str(spec), dt)
+    ps = find_params(W, spec)
+    assert torch.equal(bits_of(S), bits_of(ps.scale)) and torch.equal(Z, ps.zero)
+
+
+def test_triton_rejects_noncontiguous():
+    with pytest.raises(ValueError, match="contiguous"): rtn_triton(torch.randn(8, 6, device=DEV).t(), QuantSpec(4, 2))
+
+
+def test_no_autograd_graph():
+    W = torch.nn.Parameter(torch.randn(3, 20))
+    assert not rtn(W, QuantSpec(4, 8)).requires_grad and not find_params(W, QuantSpec(4, 8)).scale.requires_grad
+    assert torch.equal(rtn(W, QuantSpec(4, 8)), rtn(W.detach(), QuantSpec(4, 8)))
