@@ -9,8 +9,12 @@ from sensq.quant import (QuantSpec, QuantizedTensor, group_bounds, num_groups, f
                          dequantize_codes, quantize, dequantize, rtn, rtn_triton, storage_bits, bits_per_weight)
 
 
-def rtn_loop(W, bits, group_size, sym):
-    "Independent reference: a Python loop over rows and groups in NumPy float32, GPTQ's Quantizer written out by hand."
+KINDS = {"minmax": {}, "int_zero": {"int_zero": True}, "sym": {"sym": True}}  # the three grids
+
+
+def rtn_loop(W, bits, group_size, sym=False, int_zero=False):
+    """Independent reference: a Python loop over rows and groups (each sliced out unpadded) in NumPy float32.
+    Min–max grid with a real zero by default; GPTQ's Quantizer written out by hand for int_zero or sym."""
     W = np.asarray(W, dtype=np.float32); maxq = np.float32(2**bits - 1)
     Q, S, Z = np.empty_like(W), [], []
     g = W.shape[1] if group_size is None else group_size
@@ -18,28 +22,37 @@ def rtn_loop(W, bits, group_size, sym):
         S.append([]); Z.append([])
         for a in range(0, W.shape[1], g):
             w = W[i, a:a+g]
-            xmin, xmax = min(w.min(), np.float32(0)), max(w.max(), np.float32(0))
-            if sym:
-                xmax = max(abs(xmin), xmax)
-                if xmin < 0: xmin = -xmax
-            if (xmax - xmin) / maxq == 0: xmin, xmax = np.float32(-1), np.float32(1)
-            s = (xmax - xmin) / maxq
-            z = np.float32((maxq + 1) / 2) if sym else np.round(-xmin / s)
-            q = np.clip(np.round(w / s) + z, 0, maxq)
+            if not (sym or int_zero):
+                xmin, xmax = w.min(), w.max()
+                s = (xmax - xmin) / maxq
+                if s == 0: s = np.float32(1)  # constant group: codes 0 stand for xmin
+                z = -xmin / s
+            else:
+                xmin, xmax = min(w.min(), np.float32(0)), max(w.max(), np.float32(0))
+                if sym:
+                    xmax = max(abs(xmin), xmax)
+                    if xmin < 0: xmin = -xmax
+                if (xmax - xmin) / maxq == 0: xmin, xmax = np.float32(-1), np.float32(1)
+                s = (xmax - xmin) / maxq
+                z = np.float32((maxq + 1) / 2) if sym else np.round(-xmin / s)
+            q = np.clip(np.round(w / s + z), 0, maxq) + np.float32(0)  # + 0: a code 0 is +0 (round(-0.3) is -0.0)
             Q[i, a:a+g] = s * (q - z)
-            S[-1].append(s); Z[-1].append(z)
+            S[-1].append(s); Z[-1].append(z + np.float32(0))
     return Q, np.array(S, dtype=np.float32), np.array(Z, dtype=np.float32)
 
 
-def random_case(rng):
+def random_case(rng, grid=None):
     d_row, d_col = int(rng.integers(1, 17)), int(rng.integers(1, 300))
     g = [None, 1, 3, 16, 32, 64, 128, 256, int(rng.integers(1, 300))][int(rng.integers(0, 9))]
-    spec = QuantSpec(int(rng.integers(2, 9)), g, bool(rng.integers(0, 2)))
+    grid = KINDS[grid] if grid is not None else list(KINDS.values())[int(rng.integers(0, 3))]
+    spec = QuantSpec(int(rng.integers(2, 9)), g, **grid)
     W = rng.standard_normal((d_row, d_col)).astype(np.float32) * np.float32(10.0 ** rng.uniform(-4, 2))
-    kind = rng.integers(0, 4)  # some special rows: zeros, no negatives, exact ties on a power-of-two grid
+    kind = rng.integers(0, 6)  # special rows: zeros, no negatives, exact ties on a power-of-two grid, far from 0, constant
     if kind == 1: W[0] = 0
     elif kind == 2: W[0] = np.abs(W[0])
     elif kind == 3: W = np.round(W * 4) / 4
+    elif kind == 4: W[0] = np.abs(W[0]) + np.float32(3 * np.abs(W).max() + 1e-3)  # zero padding would change its last group
+    elif kind == 5: W[0] = W[0, 0]
     return torch.from_numpy(W), spec
 
 
@@ -49,34 +62,38 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"  # rtn_triton needs CUDA te
 def bits_of(t): return t.view({torch.float32: torch.int32, torch.float64: torch.int64}.get(t.dtype, torch.int16))
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_rtn_matches_loop_reference(seed):
-    W, spec = random_case(np.random.default_rng(seed))
-    Q_ref, S_ref, Z_ref = rtn_loop(W.numpy(), spec.bits, spec.group_size, spec.sym)
+@pytest.mark.parametrize("grid", list(KINDS))
+@pytest.mark.parametrize("seed", range(20))
+def test_rtn_matches_loop_reference(seed, grid):
+    W, spec = random_case(np.random.default_rng(seed), grid)
+    Q_ref, S_ref, Z_ref = rtn_loop(W.numpy(), spec.bits, spec.group_size, spec.sym, spec.int_zero)
     Q = rtn(W, spec)
     assert Q.dtype == W.dtype and Q.shape == W.shape and Q.is_contiguous()
     assert np.array_equal(Q.numpy().view(np.int32), Q_ref.view(np.int32)), (tuple(W.shape), str(spec))
     scale, zero = find_params(W, spec)
-    assert np.array_equal(scale.numpy(), S_ref) and np.array_equal(zero.numpy(), Z_ref)
+    assert np.array_equal(scale.numpy().view(np.int32), S_ref.view(np.int32))
+    assert np.array_equal(zero.numpy().view(np.int32), Z_ref.view(np.int32))
     qt = quantize(W, spec)
     assert qt.codes.dtype == torch.uint8 and int(qt.codes.min()) >= 0 and int(qt.codes.max()) <= spec.maxq
     assert torch.equal(bits_of(dequantize(qt)), bits_of(Q)) and torch.equal(bits_of(qt.dequantize()), bits_of(Q))
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_groups_are_independent_and_scale_equivariant(seed):
-    W, spec = random_case(np.random.default_rng(100 + seed))
+@pytest.mark.parametrize("grid", list(KINDS))
+@pytest.mark.parametrize("seed", range(6))
+def test_groups_are_independent_and_scale_equivariant(seed, grid):
+    W, spec = random_case(np.random.default_rng(100 + seed), grid)
     Q = rtn(W, spec)
     for a, b in group_bounds(W.shape[1], spec.group_size):  # each group quantized alone as a whole row
-        assert torch.equal(Q[:, a:b], rtn(W[:, a:b].contiguous(), QuantSpec(spec.bits, None, spec.sym)))
+        assert torch.equal(Q[:, a:b], rtn(W[:, a:b].contiguous(), QuantSpec(spec.bits, None, spec.sym, spec.int_zero)))
     for c in (0.25, 8.0):  # powers of two scale the grid exactly
         assert torch.equal(rtn(W * c, spec), Q * c)
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_column_primitives_rebuild_rtn(seed):
+@pytest.mark.parametrize("grid", list(KINDS))
+@pytest.mark.parametrize("seed", range(5))
+def test_column_primitives_rebuild_rtn(seed, grid):
     "GPTQ's use: quantize one column at a time with the (d_row, 1) params of its group."
-    W, spec = random_case(np.random.default_rng(200 + seed))
+    W, spec = random_case(np.random.default_rng(200 + seed), grid)
     scale, zero = find_params(W, spec)
     g = W.shape[1] if spec.group_size is None else spec.group_size
     cols = []
@@ -86,45 +103,85 @@ def test_column_primitives_rebuild_rtn(seed):
     assert torch.equal(torch.cat(cols, 1), rtn(W, spec))
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_error_bound_and_nearest_level(seed):
-    W, spec = random_case(np.random.default_rng(300 + seed))
+@pytest.mark.parametrize("grid", list(KINDS))
+@pytest.mark.parametrize("seed", range(6))
+def test_error_bound_and_nearest_level(seed, grid):
+    W, spec = random_case(np.random.default_rng(300 + seed), grid)
     qt, Q = quantize(W, spec), rtn(W, spec)
     g = W.shape[1] if spec.group_size is None else spec.group_size
     idx = torch.arange(W.shape[1]) // g
     s, z = qt.scale[:, idx], qt.zero[:, idx]
-    eps = 2 * (spec.maxq + 1) * 2**-24  # float32 rounding of w/s (|w/s| <= maxq+1) and of s*(q-z), in steps
-    inside = (W >= s * -z) & (W <= s * (spec.maxq - z))
-    assert ((W - Q).abs() <= s * (0.5 + eps))[inside].all()
+    # float32 rounding in steps (u = 2^-24): w/s (|w/s| <= |z| + maxq + 1), w/s + z (<= maxq + 1), q - z and s*(q - z)
+    eps = (3 * z.abs() + 4 * (spec.maxq + 1)) * 2**-24
+    ok = (W - Q).abs() <= s * (0.5 + eps)
+    if grid == "minmax": assert ok.all()  # the group's own range: nothing clips
+    else: assert ok[(W >= s * -z) & (W <= s * (spec.maxq - z))].all()
     levels = s[..., None] * (torch.arange(spec.maxq + 1.) - z[..., None])
     nearest = (W[..., None] - levels).abs().min(-1).values
     assert ((W - Q).abs() - nearest).abs().le(eps * s).all()
 
 
-def test_round_half_to_even():
+def test_minmax_padding_sees_only_the_group():
+    "The shorter last group's grid comes from its own weights (zero padding would widen it to 0)."
+    W = torch.rand(4, 45) + 2
+    p, last = find_params(W, QuantSpec(3, 16)), find_params(W[:, 32:].contiguous(), QuantSpec(3, None))
+    assert torch.equal(p.scale[:, 2:], last.scale) and torch.equal(p.zero[:, 2:], last.zero)
+    assert torch.equal(rtn(W, QuantSpec(3, 16))[:, 32:], rtn(W[:, 32:].contiguous(), QuantSpec(3, None)))
+    assert (p.zero < 0).all()  # the grid does not reach 0
+
+
+def test_constant_groups_exact_on_minmax():
+    W = torch.tensor([[0.3] * 5 + [-7.1] * 5, [0.] * 10])
+    s, z = find_params(W, QuantSpec(2, 5))
+    assert s.tolist() == [[1., 1.], [1., 1.]] and torch.equal(z, torch.tensor([[-0.3, 7.1], [0., 0.]]))
+    assert torch.equal(rtn(W, QuantSpec(2, 5)), W) and int(quantize(W, QuantSpec(2, 5)).codes.max()) == 0
+
+
+def test_no_negative_zero():
+    "Integer zero 0 with small negative weights: codes 0 must stand for +0, as the uint8 codes of `quantize` do."
+    W = torch.tensor([[-0.01, 10.0, -0.02, 5.0]])
+    spec = QuantSpec(4, None, int_zero=True)
+    assert find_params(W, spec).zero.item() == 0
+    Q = rtn(W, spec)
+    assert not torch.signbit(Q[0, [0, 2]]).any() and torch.equal(bits_of(Q), bits_of(quantize(W, spec).dequantize()))
+    assert not torch.signbit(quantize_codes(torch.tensor([-0.3]), torch.ones(1), torch.zeros(1), 15)).any()
+
+
+@pytest.mark.parametrize("grid", ["minmax", "int_zero"])
+def test_round_half_to_even(grid):
     W = torch.tensor([[-7., 8., 0.5, 1.5, 2.5, 3.5, -0.5, -1.5, -2.5]])  # 4-bit asym: s = 1, z = 7 exactly
-    test = rtn(W, QuantSpec(4, None))
-    assert torch.equal(test, torch.tensor([[-7., 8., 0., 2., 2., 4., 0., -2., -2.]]))
-    assert torch.equal(quantize(W, QuantSpec(4, None)).codes, torch.tensor([[0, 15, 7, 9, 9, 11, 7, 5, 5]], dtype=torch.uint8))
+    spec = QuantSpec(4, None, **KINDS[grid])
+    # w/s + z = 7.5, 8.5, 9.5, 10.5, 6.5, 5.5, 4.5: ties go to the even code
+    assert torch.equal(quantize(W, spec).codes, torch.tensor([[0, 15, 8, 8, 10, 10, 6, 6, 4]], dtype=torch.uint8))
+    assert torch.equal(rtn(W, spec), torch.tensor([[-7., 8., 1., 1., 3., 3., -1., -1., -3.]]))
 
 
 def test_hand_computed_params():
-    W = torch.tensor([[-1., 2.], [0.5, 1.5], [0., 0.], [-3., 1.]])
-    s, z = find_params(W, QuantSpec(2, None))
-    assert torch.allclose(s[:, 0], torch.tensor([1., 0.5, 2/3, 4/3])) and z[:, 0].tolist() == [1., 0., 2., 2.]
+    W = torch.tensor([[-1., 2.], [0.5, 1.5], [0., 0.], [-3., 1.], [0.25, 1.75], [3., 3.]])
+    s, z = find_params(W, QuantSpec(2, None))  # min–max: own range, real zero; constant rows s = 1, z = -x
+    assert torch.allclose(s[:, 0], torch.tensor([1., 1/3, 1., 4/3, 0.5, 1.]))
+    assert torch.allclose(z[:, 0], torch.tensor([1., -1.5, 0., 2.25, -0.5, -3.]))
+    s, z = find_params(W, QuantSpec(2, None, int_zero=True))  # GPTQ: widened to 0, integer zero, zeros -> [-1, 1]
+    assert torch.allclose(s[:, 0], torch.tensor([1., 0.5, 2/3, 4/3, 1.75/3, 1.])) and z[:, 0].tolist() == [1., 0., 2., 2., 0., 0.]
     s, z = find_params(W, QuantSpec(2, None, sym=True))  # [-2,2], [0,1.5] (no negatives: xmin stays 0), zeros, [-3,3]
-    assert torch.allclose(s[:, 0], torch.tensor([4/3, 0.5, 2/3, 2.])) and z[:, 0].tolist() == [2., 2., 2., 2.]
+    assert torch.allclose(s[:, 0], torch.tensor([4/3, 0.5, 2/3, 2., 1.75/3, 1.])) and z[:, 0].tolist() == [2.] * 6
 
 
 @pytest.mark.parametrize("shape,spec,expected", [
-    ((576, 576), QuantSpec(4, 128), Fraction(576*4 + 5*(16+4), 576)),           # 4 groups of 128 + one of 64
-    ((1536, 576), QuantSpec(3, 128), Fraction(576*3 + 5*(16+3), 576)),
-    ((576, 1536), QuantSpec(2, 64), Fraction(1536*2 + 24*(16+2), 1536)),
+    ((576, 576), QuantSpec(4, 128), Fraction(576*4 + 5*(16+16), 576)),         # 4 groups of 128 + one of 64: 2464/576
+    ((576, 576), QuantSpec(4, 128, int_zero=True), Fraction(576*4 + 5*(16+4), 576)),
+    ((1536, 576), QuantSpec(3, 128), Fraction(576*3 + 5*(16+16), 576)),
+    ((1536, 576), QuantSpec(3, 128, int_zero=True), Fraction(576*3 + 5*(16+3), 576)),
+    ((576, 1536), QuantSpec(2, 64), Fraction(1536*2 + 24*(16+16), 1536)),
+    ((576, 1536), QuantSpec(2, 64, int_zero=True), Fraction(1536*2 + 24*(16+2), 1536)),
     ((576, 576), QuantSpec(4, 128, sym=True), Fraction(576*4 + 5*16, 576)),
-    ((7, 45), QuantSpec(3, 16), Fraction(45*3 + 3*(16+3), 45)),
-    ((10, 33), QuantSpec(8, None), Fraction(33*8 + 16 + 8, 33)),
-    ((3, 5), QuantSpec(2, 1), Fraction(5*2 + 5*(16+2), 5)),
-    ((3, 5), QuantSpec(2, 100), Fraction(5*2 + 18, 5)),
+    ((7, 45), QuantSpec(3, 16), Fraction(45*3 + 3*(16+16), 45)),
+    ((7, 45), QuantSpec(3, 16, int_zero=True), Fraction(45*3 + 3*(16+3), 45)),
+    ((10, 33), QuantSpec(8, None), Fraction(33*8 + 16 + 16, 33)),
+    ((10, 33), QuantSpec(8, None, int_zero=True), Fraction(33*8 + 16 + 8, 33)),
+    ((3, 5), QuantSpec(2, 1), Fraction(5*2 + 5*(16+16), 5)),
+    ((3, 5), QuantSpec(2, 1, int_zero=True), Fraction(5*2 + 5*(16+2), 5)),
+    ((3, 5), QuantSpec(2, 100), Fraction(5*2 + 32, 5)),
 ])
 def test_bits_per_weight_exact(shape, spec, expected):
     assert storage_bits(shape, spec) == shape[0] * expected.numerator * (shape[1] // expected.denominator)
@@ -134,19 +191,24 @@ def test_bits_per_weight_exact(shape, spec, expected):
 
 
 def test_bits_per_weight_q4_1_is_five():
-    assert bits_per_weight((576, 576), QuantSpec(4, 32), zero_bits=16) == 5.0
+    assert bits_per_weight((576, 576), QuantSpec(4, 32)) == 5.0  # the min–max grid's fp16 zero, like Q4_1's fp16 offset
+    assert bits_per_weight((576, 576), QuantSpec(4, 32), zero_bits=4) == 4.625
+    assert storage_bits((576, 576), QuantSpec(4, 128)) == 576 * 2464
 
 
 @pytest.mark.parametrize("kw,match", [(dict(bits=1), "bits"), (dict(bits=9), "bits"), (dict(bits=4.0), "bits"),
                                       (dict(bits="4"), "bits"), (dict(bits=True), "bits"), (dict(group_size=0), "group_size"),
                                       (dict(group_size=-8), "group_size"), (dict(group_size=1.5), "group_size"),
-                                      (dict(sym=1), "sym")])
+                                      (dict(sym=1), "sym"), (dict(int_zero=1), "int_zero"),
+                                      (dict(sym=True, int_zero=True), "int_zero applies to asymmetric grids only")])
 def test_quantspec_rejects(kw, match):
     with pytest.raises(ValueError, match=match): QuantSpec(**kw)
 
 
 def test_quantspec_basics():
     assert QuantSpec().maxq == 15 and str(QuantSpec()) == "w4g128a" and str(QuantSpec(3, None, True)) == "w3g-1s"
+    assert str(QuantSpec(4, 128, int_zero=True)) == "w4g128ai" and str(QuantSpec(4, 128, sym=True)) == "w4g128s"
+    assert not QuantSpec().int_zero and QuantSpec(4, 128, False, True).int_zero
     assert QuantSpec(4, 128) == QuantSpec(np.int64(4), np.int64(128))
     with pytest.raises(Exception): QuantSpec().bits = 3  # frozen
 
@@ -180,18 +242,19 @@ def test_dtypes_preserved():
         assert quantize(W.to(dt), QuantSpec(3, 16)).dequantize().dtype == dt
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_triton_kernel_bit_exact(seed):
+@pytest.mark.parametrize("grid", list(KINDS))
+@pytest.mark.parametrize("seed", range(4))
+def test_triton_kernel_bit_exact(seed, grid):
     "Fused kernel equals its torch spec on random odd shapes (interpreted on CPU, so shapes stay small)."
     rng = np.random.default_rng(400 + seed)
-    W, spec = random_case(rng)
+    W, spec = random_case(rng, grid)
     W = W[:8, :200].contiguous()
     dt = [torch.float32, torch.float16, torch.bfloat16, torch.float64][seed % 4]
     W = W.to(DEV, dt)
     Q, (S, Z) = rtn_triton(W, spec, return_params=True)
     assert torch.equal(bits_of(Q), bits_of(rtn(W, spec))), (tuple(W.shape), str(spec), dt)
     ps = find_params(W, spec)
-    assert torch.equal(bits_of(S), bits_of(ps.scale)) and torch.equal(Z, ps.zero)
+    assert torch.equal(bits_of(S), bits_of(ps.scale)) and torch.equal(bits_of(Z), bits_of(ps.zero))
 
 
 def test_triton_rejects_noncontiguous():
