@@ -18,6 +18,8 @@ from pathlib import Path
 
 __all__ = ['proc_nbs_offline', 'quarto_cells', 'build_site', 'main']
 
+_LOCAL_MATHJAX_FILE = '/usr/share/javascript/mathjax/MathJax.js'
+_LOCAL_MATHJAX = f'file://{_LOCAL_MATHJAX_FILE}?config=TeX-AMS_CHTML'
 _SKIP_COPY = {'_quarto.yml', 'nbdev.yml', 'sidebar.yml', '_brand.yml'}
 _PAGE_SUFFIXES = ('.ipynb',)
 
@@ -497,8 +499,8 @@ def main(argv=None):
                          "which on 2 cores is ~2.5x faster than nbdev's default (one process per core, each "
                          "importing torch again)")
     ap.add_argument('--force', action='store_true', help="ignore nbdev's _proc cache")
-    ap.add_argument('--mathjax-url', default=None, help="MathJax 2 URL (default: nbconvert's CDN URL), e.g. Debian libjs-mathjax's "
-                         "file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS_CHTML")
+    ap.add_argument('--mathjax-url', default=_LOCAL_MATHJAX if Path(_LOCAL_MATHJAX_FILE).exists() else None,
+                    help="MathJax 2 URL (default: Debian libjs-mathjax's local copy when installed, else nbconvert's CDN URL)")
     a = ap.parse_args(argv)
     root = Path(a.root).resolve()
     if not (root/'settings.ini').exists(): raise SystemExit(f'build_docs_offline: no settings.ini in {root}')

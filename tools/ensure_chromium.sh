@@ -4,6 +4,11 @@
 # otherwise says what to do. Never fails the caller: the docs test itself fails in CI (CI=true) or skips locally.
 set -u
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+# Debian's MathJax lets the offline docs render LaTeX without the network (tools/build_docs_offline.py uses it).
+if [ ! -f /usr/share/javascript/mathjax/MathJax.js ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get install -y -q libjs-mathjax >/tmp/ensure_mathjax.log 2>&1 || (apt-get update -q && apt-get install -y -q libjs-mathjax) >>/tmp/ensure_mathjax.log 2>&1) \
+    && echo "ensure_chromium: installed libjs-mathjax" || echo "ensure_chromium: libjs-mathjax not installed (math shows as LaTeX source offline)"
+fi
 if [ -x "$CHROMIUM" ]; then
   echo "ensure_chromium: found $CHROMIUM ($("$CHROMIUM" --version 2>/dev/null | head -n1))"
   exit 0
