@@ -10,7 +10,7 @@ Prints a markdown table with seconds and the ratios to `W @ H` and to the floor.
 perplexity on held-out default text against full precision and RTN at the same grid.
 
 Usage: python bench/bench_gptq.py layer [--size 4096] [--threads 1]
-       python bench/bench_gptq.py model [--n 16] [--seqlen 512] [--threads 1] [--int-zero] [--act-order] [--spqr]
+       python bench/bench_gptq.py model [--n 16] [--seqlen 512] [--threads 1] [--minmax] [--act-order] [--spqr]
 """
 import argparse, math, os, platform, sys, time
 import torch
@@ -62,8 +62,9 @@ def layer(a):
         r, s = timed(lambda: gptq_quantize(W, H, spec, act_order=ao, static_groups=sg))
         rows.append(dict(what=f"gptq_quantize {spec}{' act-order' if ao else ''}{' static' if sg else ''} (1 run)", s=s))
     if not a.no_spqr:
-        r, s = timed(lambda: spqr_quantize(W, H, QuantSpec(3, 16), tau=0.2))
-        rows.append(dict(what=f"spqr_quantize w3g16a tau=0.2, {r.n_outliers / W.numel():.2%} outliers (1 run)", s=s))
+        sspec = QuantSpec(3, 16, int_zero=False)                     # SpQR's min–max grid
+        r, s = timed(lambda: spqr_quantize(W, H, sspec, tau=0.2))
+        rows.append(dict(what=f"spqr_quantize {sspec} tau=0.2, {r.n_outliers / W.numel():.2%} outliers (1 run)", s=s))
     print("| step | seconds | / (W @ H) | / floor |"); print("|---|---|---|---|")
     for r in rows: print(f"| {r['what']} | {r['s']:.2f} | {r['s'] / m['mm']:.2f} | {r['s'] / floor:.2f} |")
     print(f"all rounds (s): " + ", ".join(f"{k}={[round(x, 2) for x in v]}" for k, v in t.items()))
@@ -76,7 +77,7 @@ def model(a):
     from sensq.gptq import gptq_quantize_model
     from sensq.spqr import spqr_quantize_model
     from sensq.core import peak_rss_gb
-    spec = QuantSpec(a.bits, a.group, int_zero=a.int_zero)
+    spec = QuantSpec(a.bits, a.group, int_zero=not a.minmax)
     print(f"# sensq.gptq full-model bench: default model, calib {a.n}x{a.seqlen} (default text, seed 0), {spec}, "
           f"eval {a.eval_windows} windows x {a.eval_seqlen}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     (m, tok), t_load = timed(lambda: load_model('default', progress=False))
@@ -92,7 +93,7 @@ def model(a):
     rows.append(dict(method=f"gptq {spec}{' act-order' if a.act_order else ''}{' true-seq' if a.true_sequential else ''}",
                      bpw=st['bits_per_weight'], seconds=st['seconds'], ppl=ppl(), retries=st['retries'])); restore()
     if a.spqr:
-        sspec = QuantSpec(a.bits, 16)
+        sspec = QuantSpec(a.bits, 16, int_zero=False)                # SpQR's min–max grid
         st = spqr_quantize_model(m, calib, sspec, progress=False, tau=0.2)
         rows.append(dict(method=f"spqr {sspec} tau=0.2 ({st['outlier_fraction']:.2%} outliers)", bpw=st['bits_per_weight'],
                          seconds=st['seconds'], ppl=ppl(), retries=st['retries'])); restore()
@@ -110,7 +111,7 @@ def main():
     ap.add_argument("--no-spqr", action="store_true", help="layer: skip the SpQR timing")
     ap.add_argument("--n", type=int, default=16); ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--bits", type=int, default=3); ap.add_argument("--group", type=int, default=128)
-    ap.add_argument("--int-zero", action="store_true", help="model: GPTQ's integer-zero grid instead of min–max")
+    ap.add_argument("--minmax", action="store_true", help="model: the min–max grid (real zero) instead of GPTQ's integer-zero default")
     ap.add_argument("--act-order", action="store_true"); ap.add_argument("--true-sequential", action="store_true")
     ap.add_argument("--eval-windows", type=int, default=10); ap.add_argument("--eval-seqlen", type=int, default=512)
     ap.add_argument("--spqr", action="store_true", help="model: also run SpQR (groups of 16, tau 0.2)")

@@ -8,7 +8,8 @@ import torch
 if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
 from sensq.quant import QuantSpec, rtn, quantize, rtn_triton, bits_per_weight
 
-SPECS = [QuantSpec(4, 128), QuantSpec(4, 128, int_zero=True), QuantSpec(3, 128), QuantSpec(2, 64), QuantSpec(4, None), QuantSpec(4, 128, sym=True), QuantSpec(8, 32)]
+SPECS = [QuantSpec(4, 128), QuantSpec(4, 128, int_zero=False), QuantSpec(3, 128), QuantSpec(2, 64), QuantSpec(4, None), QuantSpec(4, 128, sym=True),
+         QuantSpec(8, 32)]  # integer-zero asymmetric (the default, 'a'), min–max ('m'), symmetric ('s')
 
 
 def best_of(fn, reps):

@@ -30,7 +30,7 @@ class QuantSpec:
     bits:int=4 # bits per code, an integer in 2..8
     group_size:int|None=128 # input columns per group; None = one group per output channel (row)
     sym:bool=False # symmetric grid (GPTQ's: zero fixed at the middle code) instead of asymmetric
-    int_zero:bool=False # asymmetric only: GPTQ's grid (range widened to 0, integer zero) instead of min–max with a real zero
+    int_zero:bool=True # integer zero point on a range widened to contain 0 (GPTQ's grids); False: the min–max grid, real zero (asymmetric only)
 
     def __post_init__(self):
         b, g = self.bits, self.group_size
@@ -40,7 +40,7 @@ class QuantSpec:
             raise ValueError(f"group_size must be None (whole row) or an integer >= 1, got {g!r}")
         if not isinstance(self.sym, bool): raise ValueError(f"sym must be a bool, got {self.sym!r}")
         if not isinstance(self.int_zero, bool): raise ValueError(f"int_zero must be a bool, got {self.int_zero!r}")
-        if self.sym and self.int_zero: raise ValueError("int_zero applies to asymmetric grids only (got sym=True, int_zero=True)")
+        if self.sym and not self.int_zero: raise ValueError("the min–max grid (int_zero=False) is asymmetric: use sym=False")
         object.__setattr__(self, 'bits', int(b))
         if g is not None: object.__setattr__(self, 'group_size', int(g))
 
@@ -50,7 +50,7 @@ class QuantSpec:
         return 2**self.bits - 1
 
     def __str__(self):
-        kind = 's' if self.sym else 'ai' if self.int_zero else 'a'
+        kind = 's' if self.sym else 'a' if self.int_zero else 'm'
         return f"w{self.bits}g{-1 if self.group_size is None else self.group_size}{kind}"
 
 # %% ../nbs/00_quant.ipynb #437574ef
@@ -103,9 +103,9 @@ def _ungrouped(Wg, d_col):
     return W if W.shape[1] == d_col else W[:, :d_col].contiguous()
 
 def _params_from_range(wmin, wmax, spec):
-    "Scale and zero of each group from its min and max: min–max grid, or GPTQ's `find_params` (int_zero or sym)."
+    "Scale and zero of each group from its min and max: GPTQ's `find_params` (integer zero or sym), or the min–max grid."
     mq = torch.full_like(wmax, spec.maxq)  # a tensor divisor: true division on every device (CUDA multiplies by a scalar's reciprocal)
-    if not (spec.sym or spec.int_zero):  # min–max grid, real zero
+    if not spec.int_zero:  # min–max grid, real zero (a symmetric spec always has int_zero)
         scale = (wmax - wmin) / mq
         scale = torch.where(scale == 0, 1.0, scale)  # constant group: s = 1, z = -xmin reconstructs it exactly
         return QuantParams(scale, (0.0 - wmin) / scale)  # 0 - x: no -0.0
@@ -122,7 +122,7 @@ def _params_from_range(wmin, wmax, spec):
 def find_params(W:Tensor, # (d_row, d_col) weight
                 spec:QuantSpec # the grid
                )->QuantParams: # (scale, zero), each (d_row, n_groups), float32 (float64 for float64 W)
-    "Scale and zero point of every group on `spec`'s grid (min–max, or GPTQ's `Quantizer.find_params`)."
+    "Scale and zero point of every group on `spec`'s grid (GPTQ's `Quantizer.find_params`, or min–max)."
     _check_weight(W)
     with torch.no_grad():
         Wg = _grouped(W.to(_compute_dtype(W)), spec.group_size)
@@ -208,7 +208,7 @@ def _check_shape(shape):
 def storage_bits(shape:tuple, # (d_row, d_col) of the weight
                  spec:QuantSpec, # the grid
                  scale_bits:int=16, # bits stored per group scale
-                 zero_bits:int|None=None # bits per group zero; None: 16 (min–max), spec.bits (int_zero), 0 (sym)
+                 zero_bits:int|None=None # bits per group zero; None: spec.bits (integer zero), 16 (min–max), 0 (sym)
                 )->int: # total bits: codes plus every group's scale and zero
     "Exact storage cost in bits of a `shape` weight quantized on `spec`'s grid."
     d_row, d_col = _check_shape(shape)
@@ -220,7 +220,7 @@ def storage_bits(shape:tuple, # (d_row, d_col) of the weight
 def bits_per_weight(shape:tuple, # (d_row, d_col) of the weight
                     spec:QuantSpec, # the grid
                     scale_bits:int=16, # bits stored per group scale
-                    zero_bits:int|None=None # bits per group zero; None: 16 (min–max), spec.bits (int_zero), 0 (sym)
+                    zero_bits:int|None=None # bits per group zero; None: spec.bits (integer zero), 16 (min–max), 0 (sym)
                    )->float: # exact average bits per weight including scales and zeros
     "Average stored bits per weight of `spec` on a `shape` weight, metadata included."
     total = storage_bits(shape, spec, scale_bits, zero_bits)
@@ -252,7 +252,7 @@ def _rtn_kernel(W, Q, S, Z,                 # pointers: weight in, quantize-dequ
                 BLOCK_G: tl.constexpr,       # next power of 2 >= GROUP
                 MAXQ: tl.constexpr,          # largest code 2**bits - 1
                 SYM: tl.constexpr,           # symmetric grid (GPTQ's)
-                INT_ZERO: tl.constexpr,      # asymmetric with an integer zero (GPTQ's); neither: min–max, real zero
+                INT_ZERO: tl.constexpr,      # GPTQ's grids: integer zero, range widened to 0 (always with SYM); else min–max
                 F64: tl.constexpr,           # compute in float64 (float64 weights) instead of float32
                 OUT_BF16: tl.constexpr):     # Q is bfloat16 viewed as int16: round to bf16 by hand
     pid = tl.program_id(0)
@@ -269,7 +269,7 @@ def _rtn_kernel(W, Q, S, Z,                 # pointers: weight in, quantize-dequ
     wmin = tl.where(rmask, wmin, 0.0)  # rows beyond the matrix: any finite range (never stored)
     wmax = tl.where(rmask, wmax, 0.0)
     maxq = tl.full([BLOCK_R], MAXQ, w.dtype)
-    if SYM or INT_ZERO:  # GPTQ's grids: range widened to 0
+    if INT_ZERO:  # GPTQ's grids (asymmetric or symmetric): range widened to 0
         xmin = tl.minimum(wmin, 0.0)
         xmax = tl.maximum(wmax, 0.0)
         if SYM:

@@ -29,7 +29,7 @@ def quantize_stats(v:Tensor, # (d_row,) first-level statistics of one column gro
     n = v.shape[0]
     chunks = -(-n // groupsize)
     vp = torch.cat([v, v[-1:].expand(chunks * groupsize - n)]).reshape(chunks, groupsize)  # pad by repetition: min/max unchanged
-    s2, z2 = find_params(vp, QuantSpec(bits, None))
+    s2, z2 = find_params(vp, QuantSpec(bits, None, int_zero=False))  # min–max, real zero
     params = torch.cat([s2, z2], 1).to(torch.float16)
     s2, z2 = params[:, 0:1].to(v.dtype), params[:, 1:2].to(v.dtype)
     codes = quantize_codes(vp, s2, z2, 2**bits - 1)
@@ -61,7 +61,7 @@ def leave_one_out_gain(Wg:Tensor, # (d_row, k) weights of one group, k >= 2
                       ) -> Tensor: # (d_row, k)
     "Drop in a row's H-weighted group error when each weight is left out of the min–max fit (SpQR's leave-one-out)."
     d_row, k = Wg.shape
-    spec = QuantSpec(bits, None, sym)                                  # SpQR's plain min–max (or symmetric) grid
+    spec = QuantSpec(bits, None, sym, int_zero=sym)                    # SpQR's plain min–max (or symmetric) grid
     idx = torch.arange(k, device=Wg.device)
     loo = idx[1:] - (idx[:, None] >= idx[1:]).to(idx.dtype)        # (k, k-1): the other columns, for each left-out one
     data = Wg[:, loo].flatten(0, 1)                                  # (d_row*k, k-1)
@@ -191,7 +191,7 @@ class SpQRResult:
 # %% ../nbs/21_spqr.ipynb #f9ef6881
 def spqr_quantize(W:Tensor, # (d_row, d_col) weight
                   H:Tensor, # (d_col, d_col) Hessian (layer-wise, OAC's, ...)
-                  spec:QuantSpec=QuantSpec(3, 16), # first-level grid; SpQR uses groups of 16
+                  spec:QuantSpec=QuantSpec(3, 16, int_zero=False), # first-level grid: SpQR's min–max grid, groups of 16
                   tau:float=0.2, # outlier threshold relative to mean_j Var_i(W_ij)/U_jj² (inf: no outliers)
                   blocksize:int=128, # columns per lazy block
                   percdamp:float=1.0, # damping relative to the mean Hessian diagonal (SpQR's published runs: 1.0)
@@ -242,7 +242,7 @@ def spqr_quantize(W:Tensor, # (d_row, d_col) weight
 # %% ../nbs/21_spqr.ipynb #0043348e
 def spqr_quantize_model(model:nn.Module, # causal LM, quantized in place
                         calib:Tensor, # (n, seqlen) calibration token ids
-                        spec:QuantSpec=QuantSpec(3, 16), # first-level grid
+                        spec:QuantSpec=QuantSpec(3, 16, int_zero=False), # first-level grid (SpQR's min–max)
                         layers:list[str]|None=None, # layer names or trailing name parts; default: every block linear layer
                         progress:bool=True, # progress bar over blocks
                         tau:float=0.2, # outlier threshold (inf: none)

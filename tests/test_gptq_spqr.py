@@ -1,11 +1,11 @@
 "Tests of sensq.gptq and sensq.spqr: brute-force OBS, RTN comparison, damping retry, bad input, SpQR outliers and bits."
-import dataclasses, logging, math
+import dataclasses, inspect, logging, math
 import pytest
 import torch
 from sensq.quant import QuantSpec, find_params, quantize_codes, dequantize_codes, group_bounds, rtn, storage_bits
 from sensq.hessian import inverse_cholesky
 from sensq.gptq import gptq_quantize, gptq_block_loop, act_order_permutation, gptq_quantize_model
-from sensq.spqr import spqr_quantize, spqr_storage_bits, SpQRGroupFit, spqr_quantize_model
+from sensq.spqr import spqr_quantize, spqr_storage_bits, SpQRGroupFit, spqr_quantize_model, quantize_stats
 
 
 def correlated(d_row, d_col, n, seed=0, dtype=torch.float32):
@@ -37,7 +37,7 @@ def obs_bruteforce(W, H, spec, percdamp=0.01):
 
 # ---------------------------------------------------------------- GPTQ
 
-@pytest.mark.parametrize("spec", [QuantSpec(2, None), QuantSpec(3, None, int_zero=True), QuantSpec(3, 3), QuantSpec(3, 3, int_zero=True),
+@pytest.mark.parametrize("spec", [QuantSpec(2, None, int_zero=False), QuantSpec(3, None), QuantSpec(3, 3, int_zero=False), QuantSpec(3, 3),
                                   QuantSpec(2, 4, sym=True)])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_gptq_equals_bruteforce_obs_4x6(spec, act_order):
@@ -59,8 +59,8 @@ def test_gptq_loss_is_trace_of_output_error():
     assert r.losses.sum().item() == pytest.approx(torch.trace(dW @ Hd @ dW.T).item(), rel=1e-4)
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(3, None), QuantSpec(3, 32), QuantSpec(3, 32, int_zero=True), QuantSpec(2, 24),
-                                  QuantSpec(4, 16, sym=True)])
+@pytest.mark.parametrize("spec", [QuantSpec(3, None, int_zero=False), QuantSpec(3, 32, int_zero=False), QuantSpec(3, 32), QuantSpec(2, 24, int_zero=False),
+                                  QuantSpec(2, 24), QuantSpec(4, 16, sym=True)])
 def test_gptq_output_error_below_rtn(spec):
     W, X, H = correlated(48, 80, 400)
     err = lambda Q: ((W - Q) @ X).square().sum().item()
@@ -75,7 +75,7 @@ def test_gptq_output_error_below_rtn(spec):
 
 def test_gptq_blocksize_does_not_change_result():
     W, X, H = correlated(32, 70, 300, dtype=torch.float64)
-    for spec in (QuantSpec(3, None), QuantSpec(3, 16), QuantSpec(3, 24)):
+    for spec in (QuantSpec(3, None, int_zero=False), QuantSpec(3, 16, int_zero=False), QuantSpec(3, 24), QuantSpec(3, 16)):
         a = gptq_quantize(W, H, spec, blocksize=128, act_order=True)
         for bs in (1, 7, 16, 50):
             b = gptq_quantize(W, H, spec, blocksize=bs, act_order=True)
@@ -85,13 +85,14 @@ def test_gptq_blocksize_does_not_change_result():
 
 def test_gptq_static_groups_use_original_contiguous_groups():
     W, X, H = correlated(8, 20, 100)
-    r = gptq_quantize(W, H, QuantSpec(3, 8), act_order=True, static_groups=True)
-    assert r.g_idx.tolist() == [j // 8 for j in range(20)]
-    s, z = find_params(W, QuantSpec(3, 8))            # static groups: fitted on the original weights
-    assert torch.equal(r.scale, s) and torch.equal(r.zero, z)
-    assert r.storage_bits == storage_bits((8, 20), QuantSpec(3, 8))
-    rd = gptq_quantize(W, H, QuantSpec(3, 8), act_order=True)        # dynamic + act-order: g_idx is stored
-    assert rd.storage_bits == storage_bits((8, 20), QuantSpec(3, 8)) + 20 * 2
+    for spec in (QuantSpec(3, 8), QuantSpec(3, 8, int_zero=False)):
+        r = gptq_quantize(W, H, spec, act_order=True, static_groups=True)
+        assert r.g_idx.tolist() == [j // 8 for j in range(20)]
+        s, z = find_params(W, spec)                   # static groups: fitted on the original weights
+        assert torch.equal(r.scale, s) and torch.equal(r.zero, z)
+        assert r.storage_bits == storage_bits((8, 20), spec)
+        rd = gptq_quantize(W, H, spec, act_order=True)    # dynamic + act-order: g_idx is stored
+        assert rd.storage_bits == storage_bits((8, 20), spec) + 20 * 2
 
 
 def test_singular_hessian_retries_and_reports(caplog):
@@ -105,10 +106,10 @@ def test_singular_hessian_retries_and_reports(caplog):
 
 def test_dead_inputs_are_zeroed_without_retry():
     X = torch.randn(8, 40); X[[2, 5]] = 0
-    r = gptq_quantize(torch.randn(4, 8), X @ X.T, QuantSpec(4, 4, int_zero=True), act_order=True)
+    r = gptq_quantize(torch.randn(4, 8), X @ X.T, QuantSpec(4, 4), act_order=True)
     assert r.retries == 0 and r.dead.nonzero().flatten().tolist() == [2, 5]
-    assert (r.Q[:, [2, 5]] == 0).all()                   # zeroed, and 0 is on GPTQ's grid
-    r2 = gptq_quantize(torch.randn(4, 8), X @ X.T, QuantSpec(4, 4), act_order=True)   # min–max grid: any value, never used
+    assert (r.Q[:, [2, 5]] == 0).all()                   # zeroed, and 0 is on GPTQ's (the default) grid
+    r2 = gptq_quantize(torch.randn(4, 8), X @ X.T, QuantSpec(4, 4, int_zero=False), act_order=True)   # min–max grid: any value, never used
     assert r2.retries == 0 and r2.dead.sum() == 2 and torch.isfinite(r2.Q).all()
 
 
@@ -132,6 +133,9 @@ def test_gptq_bad_blocksize_and_u_shape():
 
 # ---------------------------------------------------------------- SpQR
 
+SPQR = QuantSpec(3, 16, int_zero=False)   # SpQR's first-level grid (min–max, real zero): spqr_quantize's default
+
+
 def planted(d_row=64, d_col=96, n=512, seed=0, k=12):
     W, X, H = correlated(d_row, d_col, n, seed)
     W = W * 0.02
@@ -146,45 +150,57 @@ def test_spqr_tau_inf_reduces_to_gptq():
     W, X, H, _ = planted()
     for ao in (False, True):
         # same second-level handling: the GPTQ loop run directly with SpQR's group fit
-        r = spqr_quantize(W, H, QuantSpec(3, 16), tau=math.inf, act_order=ao, percdamp=0.01)
+        r = spqr_quantize(W, H, SPQR, tau=math.inf, act_order=ao, percdamp=0.01)
         assert r.n_outliers == 0
         p = act_order_permutation(H) if ao else torch.arange(W.shape[1])
-        ref = gptq_block_loop(W[:, p], inverse_cholesky(H[p][:, p], percdamp=0.01).U, QuantSpec(3, 16),
-                              fit_group=SpQRGroupFit(QuantSpec(3, 16)))
+        ref = gptq_block_loop(W[:, p], inverse_cholesky(H[p][:, p], percdamp=0.01).U, SPQR, fit_group=SpQRGroupFit(SPQR))
         assert torch.equal(r.Q, ref.Q[:, torch.argsort(p)])
         # second level off: exactly gptq_quantize on the same grid
-        for spec in (QuantSpec(3, 16), QuantSpec(3, 16, int_zero=True), QuantSpec(2, 24), QuantSpec(4, 16, sym=True)):
+        for spec in (SPQR, QuantSpec(3, 16), QuantSpec(2, 24, int_zero=False), QuantSpec(2, 24), QuantSpec(4, 16, sym=True)):
             g = gptq_quantize(W, H, spec, act_order=ao, percdamp=0.01)
             s = spqr_quantize(W, H, spec, tau=math.inf, act_order=ao, percdamp=0.01, qq_scale_bits=None, qq_zero_bits=None)
             assert torch.equal(s.Q, g.Q) and torch.equal(s.codes, g.codes) and torch.equal(s.scale, g.scale)
             assert s.storage_bits == g.storage_bits
 
 
+def test_spqr_defaults_to_its_minmax_grid():
+    "SpQR's published grid is min–max with a real zero; sensq.quant's default is GPTQ's, so SpQR names its grid explicitly."
+    for fn in (spqr_quantize, spqr_quantize_model): assert inspect.signature(fn).parameters['spec'].default == SPQR
+    W, X, H, _ = planted(d_row=32, d_col=48, seed=3, k=4)
+    r = spqr_quantize(W, H)
+    assert r.spec == SPQR and torch.equal(r.Q, spqr_quantize(W, H, SPQR).Q)
+    assert not torch.equal(r.Q, spqr_quantize(W, H, QuantSpec(3, 16)).Q)
+    # the second level is min–max too: statistics far from 0 keep a fine grid (widened to 0 its step would be ~0.14)
+    v = torch.linspace(1.0, 1.01, 16)
+    codes, params, vals = quantize_stats(v, 3)
+    assert (vals - v).abs().max() < 0.002 and float(params[0, 1]) < -100   # real zero -min/s, far below code 0
+
+
 def test_spqr_outlier_count_falls_as_tau_grows():
     W, X, H, _ = planted()
     taus = [0.02, 0.1, 0.2, 1.0, 5.0, 50.0, math.inf]
-    counts = [spqr_quantize(W, H, QuantSpec(3, 16), tau=t).n_outliers for t in taus]
+    counts = [spqr_quantize(W, H, SPQR, tau=t).n_outliers for t in taus]
     assert counts == sorted(counts, reverse=True), counts
     assert counts[0] > counts[3] > counts[-1] == 0, counts
 
 
 def test_spqr_rule_catches_planted_and_respects_threshold():
     W, X, H, mask = planted()
-    r = spqr_quantize(W, H, QuantSpec(3, 16), tau=0.2)
+    r = spqr_quantize(W, H, SPQR, tau=0.2)
     assert r.outliers[mask].all()
     assert r.losses[~r.outliers].max() <= r.threshold            # a weight left dense passed the rule
     # a kept weight is the fp16 value of the weight *as updated by the error feedback so far*, close to the planted one
     assert (r.sparse.to_dense()[mask].float() - W[mask]).abs().max() < 0.05
     obs = lambda Q: torch.trace((W - Q).double() @ H.double() @ (W - Q).double().T).item()
-    assert obs(r.Q) < obs(spqr_quantize(W, H, QuantSpec(3, 16), tau=math.inf).Q)
+    assert obs(r.Q) < obs(spqr_quantize(W, H, SPQR, tau=math.inf).Q)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(spec=QuantSpec(2, 16, sym=True)), dict(qq_scale_bits=None, qq_zero_bits=None),
-                                dict(spec=QuantSpec(3, 32)), dict(spec=QuantSpec(3, 16, int_zero=True)), dict(act_order=False, blocksize=20),
+                                dict(spec=QuantSpec(3, 32, int_zero=False)), dict(spec=QuantSpec(3, 16)), dict(act_order=False, blocksize=20),
                                 dict(qq_groupsize=8, qq_zero_bits=2)])
 def test_spqr_reconstruction_exact_and_bits_counted(kw):
     W, X, H, _ = planted(d_row=40, d_col=72, seed=1)
-    kw = dict(kw); spec = kw.pop('spec', QuantSpec(3, 16))
+    kw = dict(kw); spec = kw.pop('spec', SPQR)
     r = spqr_quantize(W, H, spec, **kw)
     assert r.sparse.layout == torch.sparse_csr and r.sparse.dtype == torch.float16
     assert torch.equal(r.Q, r.dense + r.sparse.to_dense().float())
@@ -196,7 +212,7 @@ def test_spqr_reconstruction_exact_and_bits_counted(kw):
 def test_spqr_bits_by_hand():
     # 20 x 40, groups of 16 -> G = 3 (16, 16, 8); second-level blocks of 16 rows -> C = 2 (16, 4)
     W, X, H, _ = planted(d_row=20, d_col=40, seed=2, k=3)
-    r = spqr_quantize(W, H, QuantSpec(3, 16), tau=0.2)
+    r = spqr_quantize(W, H, SPQR, tau=0.2)
     G, C = 3, 2
     want = (20 * 40 * 3                 # dense codes, outlier positions included
             + 20 * G * (3 + 3)          # 3-bit scale and zero codes per row and group
@@ -205,7 +221,9 @@ def test_spqr_bits_by_hand():
             + 40 * 2)                   # g_idx with act-order: ceil(log2 3) = 2 bits per column
     assert r.storage_bits == want and r.count_bits() == want
     assert r.stored['scale_codes'].shape == (20, 3) and r.stored['scale_qq'].shape == (3, 2, 2)
-    assert spqr_storage_bits((4096, 4096), QuantSpec(3, 16), 0, act_order=False) / 4096**2 == 3.625
+    assert spqr_storage_bits((4096, 4096), SPQR, 0, act_order=False) / 4096**2 == 3.625
+    # GPTQ's grid: 3-bit integer zeros are stored as they are, with no second level (no fp16 pairs for the zeros)
+    assert spqr_storage_bits((20, 40), QuantSpec(3, 16), 0, act_order=False) == 20 * 40 * 3 + 20 * G * (3 + 3) + G * C * 32
 
 
 def test_spqr_bad_params():
@@ -233,11 +251,11 @@ def test_model_level_gptq_and_spqr_with_custom_hessian():
         return {n: torch.eye(block_linear_layers(get_blocks(model)[b])[n].in_features) for n in names}
     m2 = tiny_llama(n_layers=2)
     W0 = m2.model.layers[1].mlp.up_proj.weight.data.clone()
-    st2 = spqr_quantize_model(m2, calib, QuantSpec(3, 16), progress=False, hessian_fn=eye_hessians,
+    st2 = spqr_quantize_model(m2, calib, SPQR, progress=False, hessian_fn=eye_hessians,
                               layers=['model.layers.1.mlp.up_proj'], tau=math.inf, act_order=False)
     assert calls == [(1, ('mlp.up_proj',))] and st2['n_layers'] == 1 and st2['n_outliers'] == 0
     # identity Hessian: no error feedback, so SpQR with tau=inf is plain group-wise quantization on its grid
-    ref = gptq_block_loop(W0, torch.eye(64), QuantSpec(3, 16), fit_group=SpQRGroupFit(QuantSpec(3, 16))).Q
+    ref = gptq_block_loop(W0, torch.eye(64), SPQR, fit_group=SpQRGroupFit(SPQR)).Q
     assert torch.equal(m2.model.layers[1].mlp.up_proj.weight.data, ref)
     with pytest.raises(ValueError, match='lm_head'):
         gptq_quantize_model(tiny_llama(n_layers=2), calib, QuantSpec(3), layers=['lm_head'])

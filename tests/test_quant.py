@@ -9,12 +9,12 @@ from sensq.quant import (QuantSpec, QuantizedTensor, group_bounds, num_groups, f
                          dequantize_codes, quantize, dequantize, rtn, rtn_triton, storage_bits, bits_per_weight)
 
 
-KINDS = {"minmax": {}, "int_zero": {"int_zero": True}, "sym": {"sym": True}}  # the three grids
+KINDS = {"int_zero": {}, "minmax": {"int_zero": False}, "sym": {"sym": True}}  # the three grids (integer zero is the default)
 
 
-def rtn_loop(W, bits, group_size, sym=False, int_zero=False):
+def rtn_loop(W, bits, group_size, sym=False, int_zero=True):
     """Independent reference: a Python loop over rows and groups (each sliced out unpadded) in NumPy float32.
-    Min–max grid with a real zero by default; GPTQ's Quantizer written out by hand for int_zero or sym."""
+    GPTQ's Quantizer written out by hand (integer zero by default, or sym); the min–max grid with a real zero for int_zero=False."""
     W = np.asarray(W, dtype=np.float32); maxq = np.float32(2**bits - 1)
     Q, S, Z = np.empty_like(W), [], []
     g = W.shape[1] if group_size is None else group_size
@@ -22,7 +22,7 @@ def rtn_loop(W, bits, group_size, sym=False, int_zero=False):
         S.append([]); Z.append([])
         for a in range(0, W.shape[1], g):
             w = W[i, a:a+g]
-            if not (sym or int_zero):
+            if not int_zero:
                 xmin, xmax = w.min(), w.max()
                 s = (xmax - xmin) / maxq
                 if s == 0: s = np.float32(1)  # constant group: codes 0 stand for xmin
@@ -124,30 +124,32 @@ def test_error_bound_and_nearest_level(seed, grid):
 def test_minmax_padding_sees_only_the_group():
     "The shorter last group's grid comes from its own weights (zero padding would widen it to 0)."
     W = torch.rand(4, 45) + 2
-    p, last = find_params(W, QuantSpec(3, 16)), find_params(W[:, 32:].contiguous(), QuantSpec(3, None))
+    mm, mm_row = QuantSpec(3, 16, int_zero=False), QuantSpec(3, None, int_zero=False)
+    p, last = find_params(W, mm), find_params(W[:, 32:].contiguous(), mm_row)
     assert torch.equal(p.scale[:, 2:], last.scale) and torch.equal(p.zero[:, 2:], last.zero)
-    assert torch.equal(rtn(W, QuantSpec(3, 16))[:, 32:], rtn(W[:, 32:].contiguous(), QuantSpec(3, None)))
+    assert torch.equal(rtn(W, mm)[:, 32:], rtn(W[:, 32:].contiguous(), mm_row))
     assert (p.zero < 0).all()  # the grid does not reach 0
 
 
 def test_constant_groups_exact_on_minmax():
     W = torch.tensor([[0.3] * 5 + [-7.1] * 5, [0.] * 10])
-    s, z = find_params(W, QuantSpec(2, 5))
+    mm = QuantSpec(2, 5, int_zero=False)
+    s, z = find_params(W, mm)
     assert s.tolist() == [[1., 1.], [1., 1.]] and torch.equal(z, torch.tensor([[-0.3, 7.1], [0., 0.]]))
-    assert torch.equal(rtn(W, QuantSpec(2, 5)), W) and int(quantize(W, QuantSpec(2, 5)).codes.max()) == 0
+    assert torch.equal(rtn(W, mm), W) and int(quantize(W, mm).codes.max()) == 0
 
 
 def test_no_negative_zero():
     "Integer zero 0 with small negative weights: codes 0 must stand for +0, as the uint8 codes of `quantize` do."
     W = torch.tensor([[-0.01, 10.0, -0.02, 5.0]])
-    spec = QuantSpec(4, None, int_zero=True)
+    spec = QuantSpec(4, None)
     assert find_params(W, spec).zero.item() == 0
     Q = rtn(W, spec)
     assert not torch.signbit(Q[0, [0, 2]]).any() and torch.equal(bits_of(Q), bits_of(quantize(W, spec).dequantize()))
     assert not torch.signbit(quantize_codes(torch.tensor([-0.3]), torch.ones(1), torch.zeros(1), 15)).any()
 
 
-@pytest.mark.parametrize("grid", ["minmax", "int_zero"])
+@pytest.mark.parametrize("grid", ["int_zero", "minmax"])
 def test_round_half_to_even(grid):
     W = torch.tensor([[-7., 8., 0.5, 1.5, 2.5, 3.5, -0.5, -1.5, -2.5]])  # 4-bit asym: s = 1, z = 7 exactly
     spec = QuantSpec(4, None, **KINDS[grid])
@@ -158,30 +160,31 @@ def test_round_half_to_even(grid):
 
 def test_hand_computed_params():
     W = torch.tensor([[-1., 2.], [0.5, 1.5], [0., 0.], [-3., 1.], [0.25, 1.75], [3., 3.]])
-    s, z = find_params(W, QuantSpec(2, None))  # min–max: own range, real zero; constant rows s = 1, z = -x
+    s, z = find_params(W, QuantSpec(2, None, int_zero=False))  # min–max: own range, real zero; constant rows s = 1, z = -x
     assert torch.allclose(s[:, 0], torch.tensor([1., 1/3, 1., 4/3, 0.5, 1.]))
     assert torch.allclose(z[:, 0], torch.tensor([1., -1.5, 0., 2.25, -0.5, -3.]))
-    s, z = find_params(W, QuantSpec(2, None, int_zero=True))  # GPTQ: widened to 0, integer zero, zeros -> [-1, 1]
+    s, z = find_params(W, QuantSpec(2, None))  # the default, GPTQ's: widened to 0, integer zero, zeros -> [-1, 1]
     assert torch.allclose(s[:, 0], torch.tensor([1., 0.5, 2/3, 4/3, 1.75/3, 1.])) and z[:, 0].tolist() == [1., 0., 2., 2., 0., 0.]
     s, z = find_params(W, QuantSpec(2, None, sym=True))  # [-2,2], [0,1.5] (no negatives: xmin stays 0), zeros, [-3,3]
     assert torch.allclose(s[:, 0], torch.tensor([4/3, 0.5, 2/3, 2., 1.75/3, 1.])) and z[:, 0].tolist() == [2.] * 6
 
 
 @pytest.mark.parametrize("shape,spec,expected", [
-    ((576, 576), QuantSpec(4, 128), Fraction(576*4 + 5*(16+16), 576)),         # 4 groups of 128 + one of 64: 2464/576
-    ((576, 576), QuantSpec(4, 128, int_zero=True), Fraction(576*4 + 5*(16+4), 576)),
-    ((1536, 576), QuantSpec(3, 128), Fraction(576*3 + 5*(16+16), 576)),
-    ((1536, 576), QuantSpec(3, 128, int_zero=True), Fraction(576*3 + 5*(16+3), 576)),
-    ((576, 1536), QuantSpec(2, 64), Fraction(1536*2 + 24*(16+16), 1536)),
-    ((576, 1536), QuantSpec(2, 64, int_zero=True), Fraction(1536*2 + 24*(16+2), 1536)),
+    ((576, 576), QuantSpec(4, 128), Fraction(576*4 + 5*(16+4), 576)),          # 4 groups of 128 + one of 64: 2404/576
+    ((576, 576), QuantSpec(4, 128, int_zero=False), Fraction(576*4 + 5*(16+16), 576)),
+    ((1536, 576), QuantSpec(3, 128), Fraction(576*3 + 5*(16+3), 576)),
+    ((1536, 576), QuantSpec(3, 128, int_zero=False), Fraction(576*3 + 5*(16+16), 576)),
+    ((576, 1536), QuantSpec(2, 64), Fraction(1536*2 + 24*(16+2), 1536)),
+    ((576, 1536), QuantSpec(2, 64, int_zero=False), Fraction(1536*2 + 24*(16+16), 1536)),
     ((576, 576), QuantSpec(4, 128, sym=True), Fraction(576*4 + 5*16, 576)),
-    ((7, 45), QuantSpec(3, 16), Fraction(45*3 + 3*(16+16), 45)),
-    ((7, 45), QuantSpec(3, 16, int_zero=True), Fraction(45*3 + 3*(16+3), 45)),
-    ((10, 33), QuantSpec(8, None), Fraction(33*8 + 16 + 16, 33)),
-    ((10, 33), QuantSpec(8, None, int_zero=True), Fraction(33*8 + 16 + 8, 33)),
-    ((3, 5), QuantSpec(2, 1), Fraction(5*2 + 5*(16+16), 5)),
-    ((3, 5), QuantSpec(2, 1, int_zero=True), Fraction(5*2 + 5*(16+2), 5)),
-    ((3, 5), QuantSpec(2, 100), Fraction(5*2 + 32, 5)),
+    ((7, 45), QuantSpec(3, 16), Fraction(45*3 + 3*(16+3), 45)),
+    ((7, 45), QuantSpec(3, 16, int_zero=False), Fraction(45*3 + 3*(16+16), 45)),
+    ((10, 33), QuantSpec(8, None), Fraction(33*8 + 16 + 8, 33)),
+    ((10, 33), QuantSpec(8, None, int_zero=False), Fraction(33*8 + 16 + 16, 33)),
+    ((3, 5), QuantSpec(2, 1), Fraction(5*2 + 5*(16+2), 5)),
+    ((3, 5), QuantSpec(2, 1, int_zero=False), Fraction(5*2 + 5*(16+16), 5)),
+    ((3, 5), QuantSpec(2, 100), Fraction(5*2 + 16 + 2, 5)),
+    ((3, 5), QuantSpec(2, 100, sym=True), Fraction(5*2 + 16, 5)),
 ])
 def test_bits_per_weight_exact(shape, spec, expected):
     assert storage_bits(shape, spec) == shape[0] * expected.numerator * (shape[1] // expected.denominator)
@@ -191,24 +194,28 @@ def test_bits_per_weight_exact(shape, spec, expected):
 
 
 def test_bits_per_weight_q4_1_is_five():
-    assert bits_per_weight((576, 576), QuantSpec(4, 32)) == 5.0  # the min–max grid's fp16 zero, like Q4_1's fp16 offset
-    assert bits_per_weight((576, 576), QuantSpec(4, 32), zero_bits=4) == 4.625
-    assert storage_bits((576, 576), QuantSpec(4, 128)) == 576 * 2464
+    assert bits_per_weight((576, 576), QuantSpec(4, 32, int_zero=False)) == 5.0  # the min–max grid's fp16 zero, like Q4_1's fp16 offset
+    assert bits_per_weight((576, 576), QuantSpec(4, 32, int_zero=False), zero_bits=4) == 4.625
+    assert bits_per_weight((576, 576), QuantSpec(4, 32)) == 4.625  # the default integer zero: 4 bits
+    assert storage_bits((576, 576), QuantSpec(4, 128)) == 576 * 2404
+    assert storage_bits((576, 576), QuantSpec(4, 128, int_zero=False)) == 576 * 2464
 
 
 @pytest.mark.parametrize("kw,match", [(dict(bits=1), "bits"), (dict(bits=9), "bits"), (dict(bits=4.0), "bits"),
                                       (dict(bits="4"), "bits"), (dict(bits=True), "bits"), (dict(group_size=0), "group_size"),
                                       (dict(group_size=-8), "group_size"), (dict(group_size=1.5), "group_size"),
                                       (dict(sym=1), "sym"), (dict(int_zero=1), "int_zero"),
-                                      (dict(sym=True, int_zero=True), "int_zero applies to asymmetric grids only")])
+                                      (dict(sym=True, int_zero=False), r"the min–max grid \(int_zero=False\) is asymmetric: use sym=False")])
 def test_quantspec_rejects(kw, match):
     with pytest.raises(ValueError, match=match): QuantSpec(**kw)
 
 
 def test_quantspec_basics():
     assert QuantSpec().maxq == 15 and str(QuantSpec()) == "w4g128a" and str(QuantSpec(3, None, True)) == "w3g-1s"
-    assert str(QuantSpec(4, 128, int_zero=True)) == "w4g128ai" and str(QuantSpec(4, 128, sym=True)) == "w4g128s"
-    assert not QuantSpec().int_zero and QuantSpec(4, 128, False, True).int_zero
+    assert str(QuantSpec(4, 128, int_zero=False)) == "w4g128m" and str(QuantSpec(4, 128, sym=True)) == "w4g128s"
+    assert str(QuantSpec(4, 128, int_zero=True)) == "w4g128a" and str(QuantSpec(2, 16, sym=True, int_zero=True)) == "w2g16s"
+    assert QuantSpec().int_zero and QuantSpec(sym=True).int_zero and not QuantSpec(4, 128, False, False).int_zero
+    assert QuantSpec(4, 128, False, True) == QuantSpec() and QuantSpec(4, 128, True) == QuantSpec(4, 128, True, True)
     assert QuantSpec(4, 128) == QuantSpec(np.int64(4), np.int64(128))
     with pytest.raises(Exception): QuantSpec().bits = 3  # frozen
 
