@@ -16,7 +16,7 @@ def _directives(src:str) -> tuple[set, str]:
 def _outputs(cell) -> str:
     parts = []
     for o in cell.get('outputs', []):
-        if o.get('output_type') == 'stream': parts.append(''.join(o['text']))
+        if o.get('output_type') == 'stream' and o.get('name') != 'stderr': parts.append(''.join(o['text']))
         elif 'data' in o and 'text/plain' in o['data']: parts.append(''.join(o['data']['text/plain']))
     text = ''.join(parts).rstrip()
     return f"\n\n```\n{text}\n```" if text else ''
