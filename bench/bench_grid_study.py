@@ -4,7 +4,7 @@ For every block linear layer of SmolLM2-135M: the weight MSE of the two grids, a
 (2 calibration windows x 256 tokens); for the v_proj layers the output error split into its token-mean (systematic)
 part E·x̄ and the rest, the share of ||x̄||² in the three largest input channels, and the share of the systematic
 error that comes from the weights in the bin of the level nearest 0. Then perplexity (10 x 512 held-out tokens, the
-protocol of bench/RESULTS_gptq.md) with one grid everywhere, and with only the v_proj layers on the other grid.
+protocol of bench/RESULTS.md) with one grid everywhere, and with only the v_proj layers on the other grid.
 Prints markdown tables.
 
 Usage: python bench/bench_grid_study.py [--bits 3] [--group 128] [--threads 1] [--no-ppl]
