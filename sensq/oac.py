@@ -36,7 +36,7 @@ def oac_hessian_fn(batch_size:int=1, # sequences per forward+backward (per-sampl
 # %% ../nbs/22_oac.ipynb #969d69b5
 def oac_quantize_model(model:nn.Module, # causal LM, quantized in place
                        calib:Tensor, # (n, seqlen) calibration token ids (one per-sample gradient each, per block)
-                       spec:QuantSpec=QuantSpec(3, 16), # first-level grid (SpQR/OAC: groups of 16)
+                       spec:QuantSpec=QuantSpec(3, 16, int_zero=False), # first-level grid: SpQR's min–max grid, groups of 16
                        layers:list[str]|None=None, # full layer names (default: every block linear layer)
                        progress:bool=True, # progress bar over blocks
                        tau:float=0.2, # SpQR outlier threshold (inf: no outliers)
