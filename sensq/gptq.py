@@ -13,12 +13,12 @@ from fastprogress.fastprogress import progress_bar
 from .core import check_finite
 from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_codes, dequantize_codes, storage_bits, rtn
 from .models import get_blocks, block_linear_layers, linear_layers, layer_kind
-from .hessian import damp_hessian, inverse_cholesky, dead_inputs, capture_block_inputs, run_block, layer_hessians
+from .hessian import InverseCholesky, damp_hessian, inverse_cholesky, dead_inputs, capture_block_inputs, run_block, layer_hessians
 
 # %% auto #0
 __all__ = ['logger', 'act_order_permutation', 'BlockLoopResult', 'gptq_block_loop', 'check_weight_hessian', 'gidx_bits',
-           'GPTQResult', 'gptq_quantize', 'layerwise_hessian_fn', 'true_sequential_stages', 'sequential_quantize',
-           'gptq_quantize_model']
+           'GPTQResult', 'prepare_layer', 'gptq_quantize', 'layerwise_hessian_fn', 'true_sequential_stages',
+           'sequential_quantize', 'gptq_quantize_model']
 
 # %% ../nbs/20_gptq.ipynb #ea34227f
 logger = logging.getLogger('sensq.gptq')
@@ -158,6 +158,22 @@ class GPTQResult:
     def bits_per_weight(self) -> float: return self.storage_bits / self.codes.numel()
 
 # %% ../nbs/20_gptq.ipynb #f17dbdb2
+def prepare_layer(W:Tensor, # (d_row, d_col) weight
+                  H:Tensor, # (d_col, d_col) Hessian
+                  act_order:bool, # permute columns by decreasing Hessian diagonal
+                  percdamp:float, # damping relative to the mean Hessian diagonal
+                  name:str, # for messages
+                 ) -> tuple[Tensor, Tensor|None, InverseCholesky]:
+    "GPTQ's preparation of one layer: working copy of `W` (fp32, or fp64), act-order permutation, inverse factor; dead inputs zeroed."
+    check_weight_hessian(W, H, name)
+    Wc = W.to(torch.float64 if W.dtype == torch.float64 else torch.float32, copy=True)
+    H = H.to(Wc.device)
+    perm = act_order_permutation(H) if act_order else None
+    if perm is not None: Wc, H = Wc[:, perm], H[perm][:, perm]
+    ic = inverse_cholesky(H, percdamp=percdamp, name=name)
+    Wc[:, ic.dead] = 0                                          # dead inputs never reach the output
+    return Wc, perm, ic
+
 def gptq_quantize(W:Tensor, # (d_row, d_col) weight
                   H:Tensor, # (d_col, d_col) Hessian: layer-wise 2XXᵀ/n, OAC's, ...
                   spec:QuantSpec, # the grid
@@ -168,15 +184,8 @@ def gptq_quantize(W:Tensor, # (d_row, d_col) weight
                   name:str='layer', # for messages
                  ) -> GPTQResult:
     "GPTQ on one layer: dead inputs, act-order, damped inverse Cholesky factor, lazy-block loop."
-    check_weight_hessian(W, H, name)
-    cdt = torch.float64 if W.dtype == torch.float64 else torch.float32
-    Wc = W.to(cdt, copy=True)
-    H = H.to(Wc.device)
-    perm = act_order_permutation(H) if act_order else None
-    if perm is not None: Wc, H = Wc[:, perm], H[perm][:, perm]
-    ic = inverse_cholesky(H, percdamp=percdamp, name=name)
-    Wc[:, ic.dead] = 0                                          # dead inputs never reach the output
-    r = gptq_block_loop(Wc, ic.U.to(cdt), spec, blocksize, static_groups=static_groups, perm=perm)
+    Wc, perm, ic = prepare_layer(W, H, act_order, percdamp, name)
+    r = gptq_block_loop(Wc, ic.U.to(Wc.dtype), spec, blocksize, static_groups=static_groups, perm=perm)
     Q, codes, losses, g_idx = r.Q, r.codes, r.losses, r.col_group
     if perm is not None:
         inv = torch.argsort(perm)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_codes, dequantize_codes
 from .hessian import inverse_cholesky
-from .gptq import (check_weight_hessian, act_order_permutation, gptq_block_loop, gidx_bits, sequential_quantize)
+from .gptq import (check_weight_hessian, prepare_layer, act_order_permutation, gptq_block_loop, gidx_bits, sequential_quantize)
 
 # %% auto #0
 __all__ = ['logger', 'quantize_stats', 'dequantize_stats', 'outlier_scale', 'leave_one_out_gain', 'SpQRGroupFit',
@@ -209,14 +209,9 @@ def spqr_quantize(W:Tensor, # (d_row, d_col) weight
     for k, v in (('qq_scale_bits', qq_scale_bits), ('qq_zero_bits', qq_zero_bits)):
         if v is not None and not (isinstance(v, int) and 2 <= v <= 8): raise ValueError(f"{name}: {k} must be None or an int in 2..8, got {v!r}")
     if not (isinstance(qq_groupsize, int) and qq_groupsize >= 1): raise ValueError(f"{name}: qq_groupsize must be a positive int, got {qq_groupsize!r}")
-    cdt = torch.float64 if W.dtype == torch.float64 else torch.float32
-    Wc = W.to(cdt, copy=True)
-    H = H.to(Wc.device)
-    perm = act_order_permutation(H) if act_order else None
-    if perm is not None: Wc, H = Wc[:, perm], H[perm][:, perm]
-    ic = inverse_cholesky(H, percdamp=percdamp, name=name)
+    Wc, perm, ic = prepare_layer(W, H, act_order, percdamp, name)
+    cdt = Wc.dtype
     U = ic.U.to(cdt)
-    Wc[:, ic.dead] = 0
     threshold = tau * outlier_scale(Wc, U) if tau != math.inf else math.inf
     fit = SpQRGroupFit(spec, qq_scale_bits, qq_zero_bits, qq_groupsize, math.inf if simplified_outliers else threshold, U.diagonal())
     r = gptq_block_loop(Wc, U, spec, blocksize, fit_group=fit, outlier_threshold=threshold, outlier_dtype=outlier_dtype)
