@@ -242,11 +242,8 @@ COMMANDS = {'eval': sensq_eval, 'quantize': sensq_quantize, 'demo': sensq_demo}
 def main():
     "Dispatch `sensq <command> [options]` to the command's parser."
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-    cmds = dict(COMMANDS)
-    try:
-        from sensq.sensitivity import sensq_sensitivity
-        cmds['sensitivity'] = sensq_sensitivity
-    except ImportError: pass
+    from sensq.sensitivity import sensq_sensitivity  # imported on use: it pulls in the PQI/Taylor stack
+    cmds = dict(COMMANDS, sensitivity=sensq_sensitivity)
     if len(sys.argv) < 2 or sys.argv[1] in ('-h', '--help') or sys.argv[1] not in cmds:
         print("usage: sensq {" + ','.join(cmds) + "} [--help] [options]")
         for k, f in cmds.items(): print(f"  {k:12s} {f.__doc__}")
