@@ -4,7 +4,9 @@
 
 # %% ../nbs/03_eval.ipynb #d437b304
 from __future__ import annotations
-import copy, math
+import copy, math, tempfile
+from dataclasses import dataclass
+from pathlib import Path
 import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
@@ -12,9 +14,11 @@ from fastprogress.fastprogress import progress_bar
 from .core import check_finite, timer
 from .quant import QuantSpec, rtn, bits_per_weight
 from .models import linear_layers, tiny_llama
+from .data import TEXT_SOURCES
 
 # %% auto #0
-__all__ = ['token_nll', 'lm_loss', 'perplexity', 'quantize_model', 'model_bits_per_weight', 'rtn_quantize_model']
+__all__ = ['DEFAULT_PROTOCOL', 'token_nll', 'lm_loss', 'perplexity', 'EvalProtocol', 'protocol_line', 'evaluate_protocol',
+           'quantize_model', 'model_bits_per_weight', 'rtn_quantize_model']
 
 # %% ../nbs/03_eval.ipynb #7dc2d18b
 def token_nll(model:nn.Module, # causal LM returning `.logits`
@@ -53,6 +57,47 @@ def perplexity(model:nn.Module, # causal LM
     if not math.isfinite(mean_nll): raise ValueError(f"perplexity is not finite (mean NLL {mean_nll}): the model produced NaN/Inf logits")
     return {**(protocol or {}), 'ppl': math.exp(mean_nll), 'nll': mean_nll, 'tokens_scored': count,
             'windows': len(windows), 'seqlen': windows.shape[1]}
+
+# %% ../nbs/03_eval.ipynb #805085f5
+@dataclass(frozen=True)
+class EvalProtocol:
+    "A named perplexity protocol: the held-out split of `text`, non-overlapping windows of `seqlen`, the first `windows` of them."
+    text:str='default' # evaluation text: 'default', a dataset name (`sensq.data.HF_DATASETS`) or a .txt/.jsonl path
+    seqlen:int=2048 # tokens per window
+    windows:int|None=5 # the first windows evaluated (None: all)
+
+    def __post_init__(self):
+        for k in ('seqlen', 'windows'):
+            v = getattr(self, k)
+            if v is None and k == 'windows': continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+
+    @property
+    def name(self)->str:
+        "Short name, e.g. 'default-5x2048'."
+        return f"{Path(self.text).stem if self.text not in TEXT_SOURCES else self.text}-{self.windows or 'all'}x{self.seqlen}"
+
+DEFAULT_PROTOCOL = EvalProtocol()
+
+# %% ../nbs/03_eval.ipynb #b3b97022
+def protocol_line(res:dict, # a result of `perplexity` with the protocol `sensq.data.get_eval` attached
+                 )->str: # one line describing exactly which tokens were scored
+    "The line printed under every perplexity table: text, split, windows x seqlen, tokens, text hash."
+    miss = [k for k in ('dataset', 'split', 'windows', 'seqlen', 'text_sha256') if k not in res]
+    if miss: raise ValueError(f"result has no protocol fields {miss}: evaluate with `evaluate_protocol` or pass `protocol=` to `perplexity`")
+    name = res.get('protocol') or f"{res['dataset']}-{res['windows']}x{res['seqlen']}"
+    return (f"protocol {name}: {res['dataset']} text, {res['split']}, {res['windows']} non-overlapping windows x {res['seqlen']} "
+            f"tokens = {res['windows'] * res['seqlen']:,} tokens, token-level perplexity (text sha256 {res['text_sha256']})")
+
+def evaluate_protocol(model:nn.Module, # causal LM
+                      tokenizer, # its tokenizer
+                      protocol:EvalProtocol=DEFAULT_PROTOCOL, # which tokens to score
+                      progress:bool=True, # show a progress bar
+                     )->dict: # `perplexity`'s result plus the protocol's fields and name
+    "Perplexity of `model` under a named protocol."
+    from sensq.data import get_eval
+    ev = get_eval(tokenizer, protocol.text, seqlen=protocol.seqlen, max_windows=protocol.windows)
+    return perplexity(model, ev.windows, progress=progress, protocol={**ev.protocol, 'protocol': protocol.name})
 
 # %% ../nbs/03_eval.ipynb #4880b18a
 @torch.no_grad()
