@@ -5,12 +5,13 @@
 # %% ../nbs/40_pack.ipynb #2f9f99ae
 from __future__ import annotations
 import numbers
+from dataclasses import dataclass
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['GRIDS', 'packed_words', 'pack_codes', 'unpack_codes', 'column_groups', 'dequantize_uniform', 'dequantize_codebook',
-           'csr_columns', 'sparse_dense']
+__all__ = ['GRIDS', 'FORMAT_VERSION', 'packed_words', 'pack_codes', 'unpack_codes', 'column_groups', 'dequantize_uniform',
+           'dequantize_codebook', 'csr_columns', 'sparse_dense', 'PackedWeight']
 
 # %% ../nbs/40_pack.ipynb #f83e03fa
 def _check_bits(bits):
@@ -140,3 +141,41 @@ def sparse_dense(crow:Tensor, # (N+1,) int32 row pointers
     out = torch.zeros(N, K, dtype=torch.float32, device=val.device)
     out[rows, csr_columns(col)] = val.float()
     return out.to(dtype)
+
+# %% ../nbs/40_pack.ipynb #03dc2465
+FORMAT_VERSION = 1
+
+@dataclass
+class PackedWeight:
+    "One packed linear weight: `config` (grid, bits, group size, shape, optional parts) and the stored `tensors`."
+    config:dict # JSON-serialisable: version, grid, bits, group_size, in_features, out_features (+ optional parts)
+    tensors:dict # name -> Tensor, names and dtypes from the layout table
+
+    @property
+    def shape(self)->tuple: return (self.config['out_features'], self.config['in_features'])
+
+    def nbytes(self)->int:
+        "Bytes of every stored tensor."
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    @property
+    def bits_per_weight(self)->float:
+        "Stored bits per weight: 8 x bytes / (N K)."
+        N, K = self.shape
+        return 8 * self.nbytes() / (N * K)
+
+    def dense(self, dtype:torch.dtype=torch.float32)->Tensor:
+        "The dense part $D$ as an (N, K) matrix."
+        c, t = self.config, self.tensors
+        if c['grid'] == 'codebook': return dequantize_codebook(t['qweight'], t['lut'], c['bits'], c['in_features'], dtype)
+        zeros = t.get('qzeros') if c['grid'] == 'asym' else t.get('mins')
+        return dequantize_uniform(t['qweight'], t['scales'], zeros, c['bits'], c['in_features'], c['group_size'], c['grid'],
+                                  t.get('g_idx'), dtype)
+
+    def dequantize(self, dtype:torch.dtype=torch.float32)->Tensor:
+        "The weight $\\hat W = D + S$ as an (N, K) matrix (reference path, computed in float32)."
+        W = self.dense(torch.float32)
+        if 'sparse_crow' in self.tensors:
+            t = self.tensors
+            W = W + sparse_dense(t['sparse_crow'], t['sparse_col'], t['sparse_val'], self.shape)
+        return W.to(dtype)
