@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SPLITS', 'TEXT_SUFFIXES', 'HF_DATASETS', 'TEXT_SOURCES', 'topic_groups', 'split_topics', 'default_topics',
-           'default_text', 'read_text_file', 'HubUnreachable', 'hub_offline', 'HubText', 'select_docs', 'load_hub_text',
-           'load_text', 'byte_tokenizer', 'tokenize_text', 'calibration_windows', 'eval_windows', 'EvalData',
-           'get_calibration', 'get_eval']
+__all__ = ['SPLITS', 'TEXT_SUFFIXES', 'HF_DATASETS', 'TEXT_SOURCES', 'DATA_DIR_ENV', 'topic_groups', 'split_topics',
+           'default_topics', 'default_text', 'read_text_file', 'HubUnreachable', 'hub_offline', 'HubText',
+           'select_docs', 'local_copy', 'load_hub_text', 'load_text', 'byte_tokenizer', 'tokenize_text',
+           'calibration_windows', 'eval_windows', 'EvalData', 'get_calibration', 'get_eval']
 
 # %% ../nbs/01_data.ipynb #5ba5d24e
 SPLITS = ('calib', 'eval')
@@ -117,25 +117,39 @@ def _offline_hint() -> str:
     return ("offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if hub_offline()
             else "no network connection")
 
-# %% ../nbs/01_data.ipynb #9f323f0b
+# %% ../nbs/01_data.ipynb #e456d497
 @dataclass(frozen=True)
 class HubText:
-    "How to load one hub corpus: `load_dataset` arguments per split, a doc cap, and an optional every-4th hold-out."
+    "How to load one hub corpus: `load_dataset` arguments, doc cap, joining string, window cap, hold-out and files per split."
     args: dict # split ('calib'/'eval') -> kwargs for `datasets.load_dataset`
     max_docs: dict = field(default_factory=dict) # split -> default document cap (absent: all documents)
     holdout: bool = False # one source split: eval = docs i % 4 == 0, calib = the rest
     text_field: str = 'text'
-    def describe(self, split): a = self.args[split]; return f"{a.get('path')}:{a.get('split')}"
+    sep: dict = field(default_factory=dict) # split -> string joining the documents (absent: "\n\n")
+    max_windows: dict = field(default_factory=dict) # split -> default cap on evaluation windows (absent: all)
+    files: dict = field(default_factory=dict) # split -> (datasets builder, file in the hub repo): a local copy's layout
+
+    def joiner(self, split:str) -> str: return self.sep.get(split, "\n\n")
+
+    def describe(self, split:str) -> str:
+        "Which hub data a split reads, e.g. 'allenai/c4 en/c4-validation.00000-of-00008.json.gz (validation split)'."
+        a = self.args[split]; df = a.get('data_files')
+        parts = [a.get('name'), *(df.values() if isinstance(df, dict) else [df])]
+        what = ' '.join(str(p) for p in parts if p)
+        return f"{a.get('path')}{' ' + what if what else ''} ({a.get('split')} split)"
 
 _C4 = 'allenai/c4'
 _RP = 'hf://datasets/togethercomputer/RedPajama-Data-1T-Sample/*.jsonl'
+_WT = 'wikitext-2-raw-v1/{}-00000-of-00001.parquet'
+_C4_FILES = {'calib': 'en/c4-train.00000-of-01024.json.gz', 'eval': 'en/c4-validation.00000-of-00008.json.gz'}
 HF_DATASETS = {
     'wikitext2': HubText({s: dict(path='Salesforce/wikitext', name='wikitext-2-raw-v1', split=sp)
-                          for s, sp in (('calib', 'train'), ('eval', 'test'))}),
-    'c4': HubText({'calib': dict(path=_C4, data_files={'train': 'en/c4-train.00000-of-01024.json.gz'}, split='train'),
-                   'eval': dict(path=_C4, data_files={'validation': 'en/c4-validation.00000-of-00008.json.gz'},
-                                split='validation')},
-                  max_docs={'calib': 5000, 'eval': 1100}),
+                          for s, sp in (('calib', 'train'), ('eval', 'test'))},
+                         files={'calib': ('parquet', _WT.format('train')), 'eval': ('parquet', _WT.format('test'))}),
+    'c4': HubText({'calib': dict(path=_C4, data_files={'train': _C4_FILES['calib']}, split='train'),
+                   'eval': dict(path=_C4, data_files={'validation': _C4_FILES['eval']}, split='validation')},
+                  max_docs={'calib': 5000, 'eval': 1100}, sep={'eval': ' '}, max_windows={'eval': 256},
+                  files={s: ('json', f) for s, f in _C4_FILES.items()}),
     'pile': HubText({s: dict(path='mit-han-lab/pile-val-backup', split='validation') for s in SPLITS},
                     max_docs={'calib': 5000, 'eval': 1100}, holdout=True),
     'redpajama': HubText({s: dict(path='json', data_files=_RP, split='train') for s in SPLITS},
@@ -143,7 +157,9 @@ HF_DATASETS = {
 }
 TEXT_SOURCES = ('default', *HF_DATASETS)
 
-# %% ../nbs/01_data.ipynb #ef31a10d
+# %% ../nbs/01_data.ipynb #6cf94c9f
+DATA_DIR_ENV = 'SENSQ_DATA_DIR'  # folder holding local copies of hub corpus files, laid out as <repo id>/<file>
+
 def select_docs(docs:list[str], # documents of the source split, in order
                 split:str, # 'calib' or 'eval'
                 holdout:bool=False, # eval = docs i % 4 == 0, calib = the rest
@@ -156,22 +172,46 @@ def select_docs(docs:list[str], # documents of the source split, in order
         docs = docs[:max_docs]
     return docs
 
+def local_copy(name:str, # one of `HF_DATASETS`
+               split:str, # 'calib' or 'eval'
+               local_dir:str|Path|None=None, # folder of local copies (default: $SENSQ_DATA_DIR)
+              ) -> Path|None:
+    "Where the local copy of a hub corpus file is expected (`<local_dir>/<repo id>/<file>`); None without a folder or a file layout."
+    local_dir = local_dir or os.environ.get(DATA_DIR_ENV) or None
+    spec = HF_DATASETS[name]
+    if not local_dir or split not in spec.files: return None
+    return Path(local_dir).expanduser()/spec.args[split]['path']/spec.files[split][1]
+
+def _first_line(e:BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
 def load_hub_text(name:str, # one of `HF_DATASETS`
                   split:str='calib', # 'calib' or 'eval'
                   max_docs:int|None=None, # document cap; None: the table's default
+                  local_dir:str|Path|None=None, # folder of local copies of the hub files (default: $SENSQ_DATA_DIR)
                  ) -> str:
-    "Load a Hugging Face corpus by name with `datasets.load_dataset` and join its documents with blank lines."
+    "Load a Hugging Face corpus by name (or its local copy) with `datasets.load_dataset` and join its documents."
     if name not in HF_DATASETS: raise ValueError(f"unknown dataset {name!r}: valid names are {list(HF_DATASETS)}")
     spec, args = HF_DATASETS[name], HF_DATASETS[name].args[_check_split(split)]
     import datasets  # imported here: ~1 s and only needed for hub corpora
-    try: ds = datasets.load_dataset(**args)
-    except ConnectionError as e:
-        raise HubUnreachable(f"cannot load dataset {name!r} ({spec.describe(split)}): the Hugging Face hub is "
-                             f"unreachable ({_offline_hint()}) and no cached copy was found. Use source='default' "
-                             f"or a local .txt/.jsonl file instead. [{type(e).__name__}: {e}]") from e
+    path = local_copy(name, split, local_dir)
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"local copy of dataset {name!r} not found: {path} (a copy is laid out as "
+                                    f"<local data folder>/{args['path']}/{spec.files[split][1]})")
+        ds = datasets.load_dataset(spec.files[split][0], data_files={args['split']: str(path)}, split=args['split'])
+    else:
+        try: ds = datasets.load_dataset(**args)
+        except ConnectionError as e:
+            how = (f"Copy {args['path']} {spec.files[split][1]} into DIR/{args['path']}/ and set {DATA_DIR_ENV}=DIR, "
+                   f"or use" if split in spec.files else "Use")
+            raise HubUnreachable(f"cannot load dataset {name!r} ({spec.describe(split)}): the Hugging Face hub is "
+                                 f"unreachable ({_offline_hint()}) and no cached copy was found. {how} source='default' "
+                                 f"or a local .txt/.jsonl file instead. [{_first_line(e)}]") from e
     cap = spec.max_docs.get(split) if max_docs is None else max_docs
     docs = select_docs(list(ds[spec.text_field]), split, spec.holdout, cap)
-    text = "\n\n".join(docs)
+    text = spec.joiner(split).join(docs)
     if not text.strip(): raise ValueError(f"dataset {name!r} ({spec.describe(split)}) gave no text")
     return text
 
@@ -261,17 +301,26 @@ def eval_windows(tokens:Tensor, # (n_tokens,) token ids of the evaluation text
     if max_windows is not None: k = min(k, max_windows)
     return tokens[:k * seqlen].reshape(k, seqlen).long()
 
-# %% ../nbs/01_data.ipynb #34c5e27f
+# %% ../nbs/01_data.ipynb #a18c9001
 @dataclass
 class EvalData:
     "Evaluation windows and the protocol that produced them."
     windows: Tensor # (k, seqlen) LongTensor
-    protocol: dict # dataset, split, seqlen, windows, tokens, text_tokens, text_sha256 (+ python for 'default')
+    protocol: dict # dataset, split, seqlen, windows, tokens, text_tokens, text_sha256 (+ documents, joined, copy for hub corpora; python for 'default')
 
 def _split_label(source:str, split:str) -> str:
     if source == 'default': return f"{split} (pydoc_data.topics, held-out topics)" if split == 'eval' else split
     if source in HF_DATASETS: return HF_DATASETS[source].describe(split)
     return 'whole file'
+
+def _hub_protocol(source:str, split:str) -> dict:
+    "How a hub corpus's text is made: which documents, the joining string, and the local copy read (if any)."
+    spec, cap = HF_DATASETS[source], HF_DATASETS[source].max_docs.get(split)
+    docs = ('every 4th (i % 4 == 0)' if split == 'eval' else 'all but every 4th') if spec.holdout else 'all'
+    docs = f"first {cap}" if cap and docs == 'all' else f"{docs}, first {cap}" if cap else docs
+    out = dict(documents=docs, joined=spec.joiner(split))
+    if (p := local_copy(source, split)) is not None: out['copy'] = str(p)
+    return out
 
 def get_calibration(tokenizer, # tokenizer (see `tokenize_text`)
                     source:str='default', # see `load_text`
@@ -285,14 +334,16 @@ def get_calibration(tokenizer, # tokenizer (see `tokenize_text`)
 def get_eval(tokenizer, # tokenizer (see `tokenize_text`)
              source:str='default', # see `load_text`
              seqlen:int=2048, # tokens per window
-             max_windows:int|None=None, # keep only the first windows
+             max_windows:int|None=None, # keep only the first windows (None: all, or the corpus's cap: 256 for c4)
             ) -> EvalData:
     "Non-overlapping evaluation windows of the held-out split of `source`, with their protocol."
     text = load_text(source, 'eval')
     tokens = tokenize_text(tokenizer, text)
+    if max_windows is None and source in HF_DATASETS: max_windows = HF_DATASETS[source].max_windows.get('eval')
     w = eval_windows(tokens, seqlen, max_windows)
     protocol = dict(dataset=source, split=_split_label(source, 'eval'), seqlen=seqlen, windows=w.shape[0],
                     tokens=w.numel(), text_tokens=len(tokens),
                     text_sha256=hashlib.sha256(text.encode('utf-8')).hexdigest()[:16])
+    if source in HF_DATASETS: protocol.update(_hub_protocol(source, 'eval'))
     if source == 'default': protocol['python'] = platform.python_version()
     return EvalData(w, protocol)

@@ -17,8 +17,8 @@ from .models import linear_layers, tiny_llama
 from .data import TEXT_SOURCES
 
 # %% auto #0
-__all__ = ['DEFAULT_PROTOCOL', 'token_nll', 'lm_loss', 'perplexity', 'EvalProtocol', 'protocol_line', 'evaluate_protocol',
-           'quantize_model', 'model_bits_per_weight', 'rtn_quantize_model']
+__all__ = ['DEFAULT_PROTOCOL', 'WIKITEXT2_PROTOCOL', 'C4_PROTOCOL', 'token_nll', 'lm_loss', 'perplexity', 'EvalProtocol',
+           'protocol_line', 'evaluate_protocol', 'quantize_model', 'model_bits_per_weight', 'rtn_quantize_model']
 
 # %% ../nbs/03_eval.ipynb #7dc2d18b
 def token_nll(model:nn.Module, # causal LM returning `.logits`
@@ -78,15 +78,18 @@ class EvalProtocol:
         return f"{Path(self.text).stem if self.text not in TEXT_SOURCES else self.text}-{self.windows or 'all'}x{self.seqlen}"
 
 DEFAULT_PROTOCOL = EvalProtocol()
+WIKITEXT2_PROTOCOL = EvalProtocol('wikitext2', seqlen=2048, windows=None)  # GPTQ: test split joined with "\n\n", every window
+C4_PROTOCOL = EvalProtocol('c4', seqlen=2048, windows=256)  # GPTQ: first 1100 validation docs joined with ' ', <= 256 windows
 
 # %% ../nbs/03_eval.ipynb #b3b97022
 def protocol_line(res:dict, # a result of `perplexity` with the protocol `sensq.data.get_eval` attached
                  )->str: # one line describing exactly which tokens were scored
-    "The line printed under every perplexity table: text, split, windows x seqlen, tokens, text hash."
+    "The line printed under every perplexity table: text, split, documents and joining, windows x seqlen, tokens, text hash."
     miss = [k for k in ('dataset', 'split', 'windows', 'seqlen', 'text_sha256') if k not in res]
     if miss: raise ValueError(f"result has no protocol fields {miss}: evaluate with `evaluate_protocol` or pass `protocol=` to `perplexity`")
     name = res.get('protocol') or f"{res['dataset']}-{res['windows']}x{res['seqlen']}"
-    return (f"protocol {name}: {res['dataset']} text, {res['split']}, {res['windows']} non-overlapping windows x {res['seqlen']} "
+    docs = f", {res['documents']} documents joined with {res['joined']!r}" if 'joined' in res else ''
+    return (f"protocol {name}: {res['dataset']} text, {res['split']}{docs}, {res['windows']} non-overlapping windows x {res['seqlen']} "
             f"tokens = {res['windows'] * res['seqlen']:,} tokens, token-level perplexity (text sha256 {res['text_sha256']})")
 
 def evaluate_protocol(model:nn.Module, # causal LM
