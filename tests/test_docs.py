@@ -508,3 +508,50 @@ def test_render_failure_is_atomic(broken_project, monkeypatch):
     mod.build_site(root/'_proc', out, 'x', nbs=root/'nbs')
     assert not (out/'stale.html').exists() and (out/'broken.html').is_file()
     assert not list(root.glob('._site.*'))
+
+
+# ------------------------------------------------------------------ executing notebooks for their committed outputs
+def _load_tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, REPO/'tools'/f'{name}.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_directives_and_skipping():
+    ex = _load_tool('execute_notebooks')
+    assert ex.directives('#| slow\n#| eval: false\nx = 1') == {'slow': '', 'eval': 'false'}
+    assert ex.directives('#|export\n\n#| hide\nprint(1)\n#| slow') == {'export': '', 'hide': ''}
+    assert ex.skipped('#| slow\nx', {'slow', 'cuda'}) and ex.skipped('#| eval: false\nx', {'slow'})
+    assert not ex.skipped('x = 1  #| slow', {'slow'}) and not ex.skipped('#| hide\nx', {'slow'})
+    assert set(ex.tst_flags()) == {'slow', 'cuda'}
+
+
+def test_execute_notebook_saves_outputs(tmp_path):
+    "Outputs (text and PNG plots) are saved, flagged cells keep what they had, nbdev_clean keeps outputs and is stable."
+    ex = _load_tool('execute_notebooks')
+    old_out = {'output_type': 'stream', 'name': 'stdout', 'text': 'committed earlier\n'}
+    nb = _nb([_md('# T'), _code('import os\nx = 6 * 7\nx'), _code('#| slow\nraise RuntimeError("slow cell ran")', [old_out]),
+              _code('#| eval: false\nraise RuntimeError("eval false ran")'),
+              _code('import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);'), _code("print(os.environ['TRITON_INTERPRET'], os.getcwd())")])
+    p = tmp_path/'nbs'/'t.ipynb'; p.parent.mkdir(); p.write_text(json.dumps(nb))
+    ex.execute(p, skip={'slow', 'cuda'}, timeout=120)
+    import nbformat
+    cells = nbformat.read(p, as_version=4).cells
+    assert cells[1]['outputs'][0]['data']['text/plain'] == '42'
+    assert [dict(o) for o in cells[2]['outputs']] == [old_out] and cells[3]['outputs'] == []
+    assert any('image/png' in o.get('data', {}) for o in cells[4]['outputs'])
+    assert cells[5]['outputs'][0]['text'].split() == ['1', str(p.parent)]      # the test environment, the notebook's folder
+    assert not list(p.parent.glob('.*.tmp'))
+    ex.nbdev_clean(p); once = p.read_text(); ex.nbdev_clean(p)
+    assert p.read_text() == once and nbformat.reads(once, as_version=4).cells[1].outputs, 'nbdev_clean must keep outputs and be stable'
+    assert nbformat.reads(once, as_version=4).cells[1].execution_count is None
+
+
+def test_failed_execution_leaves_notebook(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+    ex = _load_tool('execute_notebooks')
+    p = tmp_path/'f.ipynb'; p.write_text(json.dumps(_nb([_code('1 + 1'), _code('raise ValueError("boom")')])))
+    before = p.read_bytes()
+    with pytest.raises(CellExecutionError, match='boom'): ex.execute(p, timeout=120)
+    assert p.read_bytes() == before
