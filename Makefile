@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv export clean-nbs docs-offline bench
+.PHONY: demo test venv export clean-nbs docs-offline bench studies execute-nbs
 
 venv: $(STAMP)
 
@@ -33,8 +33,21 @@ test: venv
 export: venv
 	$(VENV)/bin/nbdev_export && $(VENV)/bin/nbdev_clean
 
+# a self-contained _site/ (MathJax copied in from Debian's libjs-mathjax, which ensure_chromium.sh installs)
 docs-offline: venv
+	bash tools/ensure_chromium.sh
 	$(PY) tools/build_docs_offline.py
+
+# re-create the studies' committed outputs from the commit alone: every row recomputed (hours on 2 cores; each
+# study prints its step times). One study: make studies STUDIES=23_hessian_study; a cheap end-to-end check of one:
+# $(PY) tools/run_study.py 23_hessian_study --quick
+STUDIES ?= 13_study 23_hessian_study 34_ds_study
+studies: venv
+	$(PY) tools/run_study.py --fresh $(STUDIES)
+
+# execute the reference notebooks in place (slow/cuda cells skipped, as nbdev_test does) so the docs show outputs
+execute-nbs: venv
+	$(PY) tools/execute_notebooks.py --all
 
 bench: venv
 	$(PY) bench/bench_quant.py

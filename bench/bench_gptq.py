@@ -7,7 +7,9 @@ the same threads: one `W @ H` product; the *floor* = the work any GPTQ must do, 
 Prints a markdown table with seconds and the ratios to `W @ H` and to the floor.
 
 `model`: GPTQ (and optionally SpQR) on the default model (SmolLM2-135M) with a small calibration set, wall time and
-perplexity on held-out default text against full precision and RTN at the same grid.
+perplexity under sensq's default protocol (`sensq.eval.DEFAULT_PROTOCOL`: held-out default text, 5 x 2048 tokens;
+`--eval-windows`/`--eval-seqlen` change it) against full precision and RTN at the same grid; the protocol line is
+printed under the table.
 
 Usage: python bench/bench_gptq.py layer [--size 4096] [--threads 1]
        python bench/bench_gptq.py model [--n 16] [--seqlen 512] [--threads 1] [--minmax] [--act-order] [--spqr]
@@ -72,21 +74,23 @@ def layer(a):
 
 def model(a):
     from sensq.models import load_model, linear_layers
-    from sensq.data import get_calibration, get_eval
-    from sensq.eval import perplexity, rtn_quantize_model
+    from sensq.data import get_calibration
+    from sensq.eval import DEFAULT_PROTOCOL, EvalProtocol, evaluate_protocol, protocol_line, rtn_quantize_model
     from sensq.gptq import gptq_quantize_model
     from sensq.spqr import spqr_quantize_model
     from sensq.core import peak_rss_gb
     spec = QuantSpec(a.bits, a.group, int_zero=not a.minmax)
+    protocol = EvalProtocol(seqlen=a.eval_seqlen or DEFAULT_PROTOCOL.seqlen, windows=a.eval_windows or DEFAULT_PROTOCOL.windows)
     print(f"# sensq.gptq full-model bench: default model, calib {a.n}x{a.seqlen} (default text, seed 0), {spec}, "
-          f"eval {a.eval_windows} windows x {a.eval_seqlen}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+          f"eval protocol {protocol.name}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     (m, tok), t_load = timed(lambda: load_model('default', progress=False))
     calib = get_calibration(tok, n=a.n, seqlen=a.seqlen)
-    ev = get_eval(tok, seqlen=a.eval_seqlen, max_windows=a.eval_windows)
     orig = {n: l.weight.data.clone() for n, l in linear_layers(m).items()}
     def restore():
         for n, l in linear_layers(m).items(): l.weight.data.copy_(orig[n])
-    ppl = lambda: perplexity(m, ev.windows, progress=False)['ppl']
+    last = {}
+    def ppl():
+        last.update(evaluate_protocol(m, tok, protocol, progress=False)); return last['ppl']
     rows = [dict(method='fp32', bpw=32.0, seconds=0.0, ppl=ppl())]
     st = rtn_quantize_model(m, calib, spec); rows.append(dict(method=f'rtn {spec}', bpw=st['bits_per_weight'], seconds=st['seconds'], ppl=ppl())); restore()
     st = gptq_quantize_model(m, calib, spec, progress=False, act_order=a.act_order, true_sequential=a.true_sequential)
@@ -100,6 +104,7 @@ def model(a):
     print(f"model load {t_load:.1f} s; peak RSS {peak_rss_gb():.2f} GB")
     print("| method | bits/weight | quantize seconds | ppl |"); print("|---|---|---|---|")
     for r in rows: print(f"| {r['method']} | {r['bpw']:.4f} | {r['seconds']:.1f} | {r['ppl']:.3f} |")
+    print(protocol_line(last))
 
 
 def main():
@@ -113,7 +118,8 @@ def main():
     ap.add_argument("--bits", type=int, default=3); ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--minmax", action="store_true", help="model: the min–max grid (real zero) instead of GPTQ's integer-zero default")
     ap.add_argument("--act-order", action="store_true"); ap.add_argument("--true-sequential", action="store_true")
-    ap.add_argument("--eval-windows", type=int, default=10); ap.add_argument("--eval-seqlen", type=int, default=512)
+    ap.add_argument("--eval-windows", type=int, default=None, help="model: evaluation windows (default: DEFAULT_PROTOCOL's 5)")
+    ap.add_argument("--eval-seqlen", type=int, default=None, help="model: tokens per evaluation window (default: DEFAULT_PROTOCOL's 2048)")
     ap.add_argument("--spqr", action="store_true", help="model: also run SpQR (groups of 16, tau 0.2)")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)

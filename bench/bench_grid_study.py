@@ -3,8 +3,9 @@
 For every block linear layer of SmolLM2-135M: the weight MSE of the two grids, and their output error on real inputs
 (2 calibration windows x 256 tokens); for the v_proj layers the output error split into its token-mean (systematic)
 part E·x̄ and the rest, the share of ||x̄||² in the three largest input channels, and the share of the systematic
-error that comes from the weights in the bin of the level nearest 0. Then perplexity (10 x 512 held-out tokens, the
-protocol of bench/RESULTS.md) with one grid everywhere, and with only the v_proj layers on the other grid.
+error that comes from the weights in the bin of the level nearest 0. Then perplexity under sensq's default protocol
+(`sensq.eval.DEFAULT_PROTOCOL`, held-out default text, 5 x 2048 tokens; its line is printed under the table) with one
+grid everywhere, and with only the v_proj layers on the other grid.
 Prints markdown tables.
 
 Usage: python bench/bench_grid_study.py [--bits 3] [--group 128] [--threads 1] [--no-ppl]
@@ -15,8 +16,8 @@ import torch
 if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
 from sensq.quant import QuantSpec, rtn, find_params
 from sensq.models import load_model, linear_layers, layer_kind
-from sensq.data import get_calibration, get_eval
-from sensq.eval import perplexity
+from sensq.data import get_calibration
+from sensq.eval import DEFAULT_PROTOCOL, evaluate_protocol, protocol_line
 
 
 def layer_inputs(model, calib, names):
@@ -84,12 +85,13 @@ def main():
           f"m {med(vs, lambda r: r['near_m']):.2f}, a {med(vs, lambda r: r['near_a']):.2f}")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     if a.no_ppl: return
-    ev = get_eval(tok, seqlen=512, max_windows=10)
     orig = {n: l.weight.data.clone() for n, l in lins.items()}
-    print("\n| grid of v_proj layers | grid of the other layers | ppl (10 x 512) |\n|---|---|---|")
+    print(f"\n| grid of v_proj layers | grid of the other layers | ppl ({DEFAULT_PROTOCOL.name}) |\n|---|---|---|")
     for v_spec, o_spec in ((A, A), (M, M), (M, A), (A, M)):
         for n, l in lins.items(): l.weight.data.copy_(rtn(orig[n], v_spec if layer_kind(n) == "v" else o_spec))
-        print(f"| {v_spec} | {o_spec} | {perplexity(model, ev.windows, progress=False)['ppl']:.2f} |", flush=True)
+        res = evaluate_protocol(model, tok, DEFAULT_PROTOCOL, progress=False)
+        print(f"| {v_spec} | {o_spec} | {res['ppl']:.2f} |", flush=True)
+    print(protocol_line(res))
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 

@@ -1,10 +1,12 @@
 """The docs site renders in a real browser.
 
 `tools/build_docs_offline.py` builds the site from nbdev's processed notebooks (Quarto is not installable on our
-machines). Every page is opened in headless Chromium and its DOM after load is checked against what the *source*
-notebook promises: its `# Title`, a `show_doc` heading for every public name its `#| export` cells define, a decoded
-figure for every image output, and no error output or unrendered markdown. A deliberately broken project shows that
-the check fails when it should.
+machines). Every page is opened in headless Chromium and its DOM after load (and after MathJax has typeset it) is
+checked against what the *source* notebook promises: its `# Title`, a `show_doc` heading for every public name its
+`#| export` cells define, a decoded figure for every image output, an output area for every code cell the notebook
+shows with an output, its LaTeX typeset by MathJax (no raw `$$` left, no TeX error), and no error output or unrendered
+markdown. The site carries its own MathJax: no page refers to anything outside it. A deliberately broken project
+shows that the check fails when it should.
 """
 import ast, fcntl, json, os, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
@@ -27,6 +29,16 @@ def _chromium():
     return None
 
 
+MATHJAX_DIR = Path('/usr/share/javascript/mathjax')  # Debian's libjs-mathjax, copied into the site by the builder
+
+
+def _need_mathjax():
+    if (MATHJAX_DIR/'MathJax.js').is_file(): return MATHJAX_DIR
+    msg = f'MathJax not found in {MATHJAX_DIR}: run `bash tools/ensure_chromium.sh` (apt-get install -y libjs-mathjax)'
+    if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'): pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def _need_chromium():
     c = _chromium()
     if c: return c
@@ -39,14 +51,18 @@ def _need_chromium():
 _PROBE = """<script>window.__sqErrors=[];
 window.addEventListener('error',function(e){if(e instanceof ErrorEvent)window.__sqErrors.push(String(e.message));},true);
 window.addEventListener('load',function(){
+ var de=document.documentElement;
+ if(window.MathJax&&window.MathJax.Hub){MathJax.Hub.Queue(function(){de.setAttribute('data-sq-math','done');});}
+ else de.setAttribute('data-sq-math','none');
  var imgs=Array.prototype.map.call(document.images,function(i){return {src:(i.getAttribute('src')||'').slice(0,60),
    w:i.naturalWidth,h:i.naturalHeight,data:(i.getAttribute('src')||'').indexOf('data:image/')==0};});
  document.documentElement.setAttribute('data-sq-check',JSON.stringify({imgs:imgs,errors:window.__sqErrors,
    height:document.body?document.body.scrollHeight:0}));});</script>"""
 
 
+# --virtual-time-budget: the DOM is dumped once the page is idle (MathJax typesets after the load event)
 _FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-          '--disable-background-networking', '--disable-component-update', '--disable-sync']
+          '--disable-background-networking', '--disable-component-update', '--disable-sync', '--virtual-time-budget=120000']
 
 
 def _probe_copy(page: Path) -> Path:
@@ -60,6 +76,7 @@ def _result(dom: str, err: str = '') -> tuple[BeautifulSoup, dict]:
     soup = BeautifulSoup(dom, 'html.parser')
     html_el = soup.find('html')
     rec = json.loads(html_el['data-sq-check']) if html_el is not None and html_el.get('data-sq-check') else None
+    if rec is not None: rec['math'] = html_el.get('data-sq-math')
     return soup, rec if rec is not None else {'failed_to_load': err[-300:] or 'no load event'}
 
 
@@ -77,10 +94,14 @@ def _open_in_chromium(page: Path, chromium: str) -> tuple[BeautifulSoup, dict]:
     return _result(r.stdout, f'rc={r.returncode} {r.stderr}')
 
 
-_COLLECT = """<script>window.addEventListener('load',function(){var out={};
-document.querySelectorAll('iframe').forEach(function(f){var d=null;
- try{d=f.contentDocument.documentElement.outerHTML}catch(e){d=null}; out[f.getAttribute('data-page')]=d;});
-document.getElementById('sq-out').textContent=JSON.stringify(out);});</script>"""
+_COLLECT = """<script>window.addEventListener('load',function(){var tries=0;
+function ready(){var ok=true; document.querySelectorAll('iframe').forEach(function(f){
+  try{if(!f.contentDocument.documentElement.getAttribute('data-sq-math'))ok=false;}catch(e){}}); return ok;}
+function collect(){if(!ready()&&tries++<600){setTimeout(collect,100);return;} var out={};
+ document.querySelectorAll('iframe').forEach(function(f){var d=null;
+  try{d=f.contentDocument.documentElement.outerHTML}catch(e){d=null}; out[f.getAttribute('data-page')]=d;});
+ document.getElementById('sq-out').textContent=JSON.stringify(out);}
+collect();});</script>"""
 
 
 def _open_pages_in_chromium(pages: list[Path], chromium: str) -> dict:
@@ -152,6 +173,27 @@ def _exported_names(cells):
     return names
 
 
+_re_code_md = re.compile(r'```.*?```|`[^`\n]*`', re.DOTALL)
+_re_math = re.compile(r'\$\$.+?\$\$|(?<![\\$])\$[^\s$][^$\n]*?(?<![\s\\])\$', re.DOTALL)
+
+
+def _has_math(cells) -> bool:
+    "Whether any markdown cell holds LaTeX between `$`/`$$` (outside code)."
+    return any(c['cell_type'] == 'markdown' and _re_math.search(_re_code_md.sub('', _src(c))) for c in cells)
+
+
+def _shown(c) -> bool:
+    "A code cell whose outputs the docs show (not hidden, not exported, output not switched off)."
+    d = _directives(_src(c))
+    return not ({'hide', 'export', 'exporti', 'default_exp'} & d.keys() or 'false' in (d.get('include'), d.get('output')))
+
+
+def _n_output_cells(cells) -> int:
+    "Code cells the docs show with at least one output other than stderr (what a reader should see computed)."
+    return sum(1 for c in cells if c['cell_type'] == 'code' and _shown(c) and any(
+        not (o.get('output_type') == 'stream' and o.get('name') == 'stderr') for o in c.get('outputs', [])))
+
+
 def _n_image_outputs(cells):
     "Image outputs of cells the docs show (not hidden, not exported, output not switched off)."
     n = 0
@@ -191,7 +233,8 @@ def work_run_by_docs_build(cells) -> list[str]:
 
 def expectations(nb_path: Path) -> dict:
     cells = json.loads(nb_path.read_text(encoding='utf-8'))['cells']
-    return dict(title=_expected_title(cells), names=_exported_names(cells), n_images=_n_image_outputs(cells))
+    return dict(title=_expected_title(cells), names=_exported_names(cells), n_images=_n_image_outputs(cells),
+                math=_has_math(cells), n_outputs=_n_output_cells(cells))
 
 
 # ------------------------------------------------------------------ what the browser shows
@@ -225,6 +268,17 @@ def check_page(soup: BeautifulSoup, rec: dict, exp: dict) -> list[str]:
     if broken: bad.append(f'[figure] images that did not decode/load: {broken}')
     n_ok = sum(1 for i in rec['imgs'] if i['data'] and i['w'] > 0 and i['h'] > 0)
     if n_ok < exp['n_images']: bad.append(f"[figure] {exp['n_images']} image outputs in the notebook, {n_ok} shown")
+    # outputs: every code cell the notebook shows with an output has an output area on the page (show_doc's
+    # rendered markdown does not count)
+    areas = [el for el in main.select('.jp-OutputArea-output') if 'jp-RenderedMarkdown' not in (el.get('class') or [])]
+    if len(areas) < exp.get('n_outputs', 0):
+        bad.append(f"[output] {exp['n_outputs']} code cells with outputs in the notebook, {len(areas)} output areas on the page")
+    # math: MathJax typeset the page's LaTeX, without TeX errors
+    if exp.get('math'):
+        if rec.get('math') != 'done': bad.append(f"[math] MathJax did not typeset the page (state {rec.get('math')!r}): is it in the site?")
+        elif not main.select('.MathJax_CHTML, .MathJax_Display, .mjx-chtml'): bad.append('[math] the notebook has LaTeX, the page no MathJax output')
+    errs = main.select('.MathJax_Error, [class*="noError"], [class*="merror"]')
+    if errs: bad.append(f"[math] TeX errors: {[e.get_text(' ', strip=True)[:80] for e in errs[:3]]}")
     # error output: tracebacks / exception lines in outputs (prose may mention `ValueError` freely)
     for el in main.select('.sq-error-output'):
         bad.append(f"[error] error output: {el.get_text(' ', strip=True)[:200]!r}")
@@ -238,7 +292,7 @@ def check_page(soup: BeautifulSoup, rec: dict, exp: dict) -> list[str]:
     prose = BeautifulSoup(str(main), 'html.parser')
     for el in prose.select('pre, code, script, style, nav, table, .jp-OutputArea, .jp-CodeCell .jp-InputArea'): el.decompose()
     text = prose.get_text('\n')
-    for pat, what in ((r'```', 'a raw ``` fence'), (r'(?m)^\s*#\|', 'a `#|` directive'), (r'(?m)^\s*:::', 'a Quarto `:::` div'),
+    for pat, what in ((r'\$\$', 'raw `$$` (math not typeset)'), (r'```', 'a raw ``` fence'), (r'(?m)^\s*#\|', 'a `#|` directive'), (r'(?m)^\s*:::', 'a Quarto `:::` div'),
                       (r'(?m)^\s*#{1,6} \S', 'an unrendered `#` heading'), (r'(?m)^\s*output-file:', 'frontmatter'), (r'`[^`\n]+`', 'an unrendered `code` span'),
                       (r'\{(?:target|style|width|height)=|\{[.#][A-Za-z][\w-]*[\s}]', 'Pandoc `{...}` attributes')):
         m = re.search(pat, text)
@@ -286,6 +340,7 @@ def site(tmp_path_factory):
     if not SOURCES: pytest.skip('no notebooks in nbs/ yet')
     heavy = {nb: w for nb in SOURCES if (w := work_run_by_docs_build(json.loads((NBS/nb).read_text())['cells']))}
     if heavy: pytest.fail('not building the docs: ' + _HEAVY_MSG + '\n' + json.dumps(heavy, indent=1))
+    _need_mathjax()
     out = tmp_path_factory.mktemp('docs')/'_site'
     with open(Path(tempfile.gettempdir())/'sensq-docs-build.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -309,6 +364,24 @@ def test_every_notebook_has_a_page(site):
     for p in pages.values(): assert p.is_file() and p.resolve().is_relative_to(out.resolve())
     assert (out/'index.html').is_file()
     assert not list(out.parent.glob(f'.{out.name}.tmp-*')), 'temporary build folder left behind'
+
+
+def test_site_is_self_contained(site):
+    "MathJax is inside the site, and no page loads a script, stylesheet or image from outside its folder."
+    out, pages = site
+    assert (out/'_static'/'mathjax'/'MathJax.js').is_file() and (out/'_static'/'mathjax'/'config'/'TeX-AMS_CHTML.js').is_file()
+    outside = []
+    for page in [out/'index.html', *pages.values()]:
+        soup = BeautifulSoup(page.read_text(encoding='utf-8'), 'html.parser')
+        for el, attr in [(e, 'src') for e in soup.find_all(['script', 'img'], src=True)] + [(e, 'href') for e in soup.find_all('link', href=True)]:
+            u = urlparse(el[attr])
+            if u.scheme == 'data': continue
+            target = (page.parent/unquote(u.path)).resolve()
+            if u.scheme or u.netloc or not target.is_relative_to(out.resolve()) or not target.is_file():
+                outside.append(f'{page.name}: {el[attr]}')
+    assert not outside, f'pages refer to files outside the site (or missing): {outside[:10]}'
+    mj = [p for p in pages.values() if '_static/mathjax/MathJax.js' in p.read_text(encoding='utf-8')]
+    assert len(mj) == len(pages), 'every page loads the site\'s own MathJax'
 
 
 def _links(page: Path) -> set[Path]:
@@ -351,6 +424,7 @@ _PNG_1PX = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAE
 @pytest.fixture(scope='module')
 def broken_project(tmp_path_factory):
     "A tiny nbdev project whose pages are broken in every way the check looks for, built once."
+    _need_mathjax()
     root = tmp_path_factory.mktemp('broken')
     ini = (ROOT/'settings.ini').read_text()
     ini = re.sub(r'(?m)^(lib_name|lib_path|repo)\s*=.*$', lambda m: f'{m.group(1)} = sqdocbroken', ini)
@@ -370,10 +444,11 @@ def broken_project(tmp_path_factory):
         _code('foo', [err]),
         _code('plot()', [bad_png]),
         _md('<div>\n```python\nx = 1\n```\n</div>'),
+        _md('Good math $x^2$ and a TeX error: $$\\frac{1}{2$$'),
     ])))
     good_png = {'output_type': 'display_data', 'metadata': {}, 'data': {'image/png': _PNG_1PX, 'text/plain': '<Figure>'}}
     (root/'nbs'/'01_untitled.ipynb').write_text(json.dumps(_nb([
-        _md('Some prose, but no title line.'), _code('1+1', [good_png])])))
+        _md('Some prose, but no title line; typeset math: $\\sum_i w_i^2$ and $$\\frac{a}{b}$$'), _code('1+1', [good_png])])))
     out = root/'_site'
     r, pages = build(root, out, '--n-workers', '0')
     assert r.returncode == 0, f'{r.stdout}\n{r.stderr[-3000:]}'
@@ -387,11 +462,18 @@ def test_check_catches_broken_pages(broken_project):
     res = _open_pages_in_chromium([pages['00_broken.ipynb'], pages['01_untitled.ipynb']], chromium)
     bad = check_page(*res[pages['00_broken.ipynb']], expectations(root/'nbs'/'00_broken.ipynb'))
     tags = {b.split(']')[0] + ']' for b in bad}
-    assert {'[api]', '[figure]', '[error]', '[markdown]'} <= tags, bad
+    assert {'[api]', '[figure]', '[error]', '[markdown]', '[math]'} <= tags, bad
     assert not any('ValueError' in b for b in bad), bad  # prose mentioning an exception is not error text
     assert '[title]' not in tags, bad
-    bad = check_page(*res[pages['01_untitled.ipynb']], expectations(root/'nbs'/'01_untitled.ipynb'))
-    assert [b.split(']')[0] + ']' for b in bad] == ['[title]'], bad  # the 1-px figure decodes: only the title is wrong
+    exp = expectations(root/'nbs'/'01_untitled.ipynb')
+    assert exp['math'] and exp['n_outputs'] == 1, exp
+    bad = check_page(*res[pages['01_untitled.ipynb']], exp)
+    assert [b.split(']')[0] + ']' for b in bad] == ['[title]'], bad  # figure decodes, math typeset: only the title is wrong
+    bad = check_page(*res[pages['01_untitled.ipynb']], dict(exp, n_outputs=2))     # a cell's output missing from the page
+    assert '[output]' in {b.split(']')[0] + ']' for b in bad}, bad
+    soup, rec = res[pages['01_untitled.ipynb']]
+    bad = check_page(soup, dict(rec, math='none'), exp)                            # MathJax never ran
+    assert '[math]' in {b.split(']')[0] + ']' for b in bad}, bad
 
 
 def test_failed_build_keeps_previous_site(broken_project):
@@ -426,3 +508,50 @@ def test_render_failure_is_atomic(broken_project, monkeypatch):
     mod.build_site(root/'_proc', out, 'x', nbs=root/'nbs')
     assert not (out/'stale.html').exists() and (out/'broken.html').is_file()
     assert not list(root.glob('._site.*'))
+
+
+# ------------------------------------------------------------------ executing notebooks for their committed outputs
+def _load_tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, REPO/'tools'/f'{name}.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_directives_and_skipping():
+    ex = _load_tool('execute_notebooks')
+    assert ex.directives('#| slow\n#| eval: false\nx = 1') == {'slow': '', 'eval': 'false'}
+    assert ex.directives('#|export\n\n#| hide\nprint(1)\n#| slow') == {'export': '', 'hide': ''}
+    assert ex.skipped('#| slow\nx', {'slow', 'cuda'}) and ex.skipped('#| eval: false\nx', {'slow'})
+    assert not ex.skipped('x = 1  #| slow', {'slow'}) and not ex.skipped('#| hide\nx', {'slow'})
+    assert set(ex.tst_flags()) == {'slow', 'cuda'}
+
+
+def test_execute_notebook_saves_outputs(tmp_path):
+    "Outputs (text and PNG plots) are saved, flagged cells keep what they had, nbdev_clean keeps outputs and is stable."
+    ex = _load_tool('execute_notebooks')
+    old_out = {'output_type': 'stream', 'name': 'stdout', 'text': 'committed earlier\n'}
+    nb = _nb([_md('# T'), _code('import os\nx = 6 * 7\nx'), _code('#| slow\nraise RuntimeError("slow cell ran")', [old_out]),
+              _code('#| eval: false\nraise RuntimeError("eval false ran")'),
+              _code('import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);'), _code("print(os.environ['TRITON_INTERPRET'], os.getcwd())")])
+    p = tmp_path/'nbs'/'t.ipynb'; p.parent.mkdir(); p.write_text(json.dumps(nb))
+    ex.execute(p, skip={'slow', 'cuda'}, timeout=120)
+    import nbformat
+    cells = nbformat.read(p, as_version=4).cells
+    assert cells[1]['outputs'][0]['data']['text/plain'] == '42'
+    assert [dict(o) for o in cells[2]['outputs']] == [old_out] and cells[3]['outputs'] == []
+    assert any('image/png' in o.get('data', {}) for o in cells[4]['outputs'])
+    assert cells[5]['outputs'][0]['text'].split() == ['1', str(p.parent)]      # the test environment, the notebook's folder
+    assert not list(p.parent.glob('.*.tmp'))
+    ex.nbdev_clean(p); once = p.read_text(); ex.nbdev_clean(p)
+    assert p.read_text() == once and nbformat.reads(once, as_version=4).cells[1].outputs, 'nbdev_clean must keep outputs and be stable'
+    assert nbformat.reads(once, as_version=4).cells[1].execution_count is None
+
+
+def test_failed_execution_leaves_notebook(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+    ex = _load_tool('execute_notebooks')
+    p = tmp_path/'f.ipynb'; p.write_text(json.dumps(_nb([_code('1 + 1'), _code('raise ValueError("boom")')])))
+    before = p.read_bytes()
+    with pytest.raises(CellExecutionError, match='boom'): ex.execute(p, timeout=120)
+    assert p.read_bytes() == before

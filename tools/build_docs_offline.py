@@ -10,16 +10,42 @@ page (in the order of nbdev's `sidebar.yml`) and a table of contents; other file
 copied. The site is built in a temporary folder next to the output and renamed into place, so a failed build
 leaves the previous site untouched.
 
-Usage: python tools/build_docs_offline.py [--root .] [--out _site] [--n-workers 0] [--force] [--mathjax-url URL]
+The site is self-contained: MathJax (Debian's `libjs-mathjax`, installed by `tools/ensure_chromium.sh`) is copied
+into `_site/_static/mathjax/` (the parts the TeX-AMS_CHTML configuration loads, ~1.6 MB) and every page points at
+that copy by a relative URL, so a site copied to another machine (or opened from a USB stick) renders its math
+without the network.
+
+Usage: python tools/build_docs_offline.py [--root .] [--out _site] [--n-workers 0] [--force]
+                                          [--mathjax-dir /usr/share/javascript/mathjax | --mathjax-url URL]
 """
 from __future__ import annotations
 import argparse, html, os, posixpath, re, shutil, sys, tempfile, time, traceback
 from pathlib import Path
 
-__all__ = ['proc_nbs_offline', 'quarto_cells', 'build_site', 'main']
+__all__ = ['proc_nbs_offline', 'quarto_cells', 'copy_mathjax', 'build_site', 'main']
 
-_LOCAL_MATHJAX_FILE = '/usr/share/javascript/mathjax/MathJax.js'
-_LOCAL_MATHJAX = f'file://{_LOCAL_MATHJAX_FILE}?config=TeX-AMS_CHTML'
+MATHJAX_DIR = Path('/usr/share/javascript/mathjax')  # Debian's libjs-mathjax (MathJax 2.7)
+MATHJAX_CONFIG = 'TeX-AMS_CHTML'
+_MATHJAX_SITE = '_static/mathjax'
+# what MathJax 2's TeX-AMS_CHTML configuration loads: the loader, its combined configuration, the TeX input, the
+# CommonHTML output with its font data, the element jax, the extensions it may pull in, and the TeX web fonts
+_MATHJAX_PARTS = ('MathJax.js', f'config/{MATHJAX_CONFIG}.js', 'config/local', 'jax/input/TeX', 'jax/output/CommonHTML',
+                  'jax/element', 'extensions', 'fonts/HTML-CSS/TeX/woff')
+
+
+def copy_mathjax(src: Path, dest: Path) -> Path:
+    "Copy the parts of a MathJax 2 installation `src` that the site uses into `dest` (links followed); return dest."
+    src = Path(src)
+    if not (src/'MathJax.js').is_file() or not (src/'config'/f'{MATHJAX_CONFIG}.js').is_file():
+        raise FileNotFoundError(f'no MathJax 2 with config/{MATHJAX_CONFIG}.js in {src}: install Debian\'s libjs-mathjax '
+                                '(bash tools/ensure_chromium.sh) or pass --mathjax-dir / --mathjax-url')
+    for part in _MATHJAX_PARTS:
+        s, d = src/part, dest/part
+        if not s.exists(): continue
+        d.parent.mkdir(parents=True, exist_ok=True)
+        if s.is_dir(): shutil.copytree(s, d, symlinks=False, dirs_exist_ok=True)
+        else: shutil.copy2(s, d)
+    return dest
 _SKIP_COPY = {'_quarto.yml', 'nbdev.yml', 'sidebar.yml', '_brand.yml'}
 _PAGE_SUFFIXES = ('.ipynb',)
 
@@ -391,8 +417,9 @@ def _read_nb(path: Path):
 
 
 def build_site(proc: Path, out: Path, site_title: str, doc_url: str = '', nbs: Path | None = None,
-               mathjax_url: str | None = None, recursive: bool = True) -> list[dict]:
-    "Render every processed notebook in `proc` to `out` (replaced atomically); return the page records."
+               mathjax_url: str | None = None, recursive: bool = True, mathjax_dir: Path | None = None) -> list[dict]:
+    """Render every processed notebook in `proc` to `out` (replaced atomically); return the page records. MathJax is
+    copied from `mathjax_dir` into the site and referenced relatively; else `mathjax_url` (or nbconvert's CDN URL)."""
     nbs = nbs or proc
     sources = _page_list(proc, nbs, recursive)
     if not sources: raise SystemExit(f'build_docs_offline: no processed notebooks in {proc}')
@@ -429,7 +456,8 @@ def build_site(proc: Path, out: Path, site_title: str, doc_url: str = '', nbs: P
             shutil.copy2(f, tmp/rel)
         home = 'index.html'
         ex = _exporter()
-        if mathjax_url: ex.mathjax_url = mathjax_url
+        if mathjax_dir is not None: copy_mathjax(mathjax_dir, tmp/_MATHJAX_SITE)
+        elif mathjax_url: ex.mathjax_url = mathjax_url
         (tmp/'_static').mkdir(exist_ok=True)
         (tmp/_LAB_CSS).write_text(_lab_css(ex), encoding='utf-8')
         (tmp/_SITE_CSS).write_text(_LAYOUT_CSS, encoding='utf-8')
@@ -437,6 +465,7 @@ def build_site(proc: Path, out: Path, site_title: str, doc_url: str = '', nbs: P
             p = pages[rel]
             plain = p['title'].replace('`', '')
             nb.metadata['title'] = f"{plain} – {site_title}" if plain != site_title else site_title
+            if mathjax_dir is not None: ex.mathjax_url = f"{_rel(p['out'], _MATHJAX_SITE + '/MathJax.js')}?config={MATHJAX_CONFIG}"
             css = [_rel(p['out'], c) for c in (_LAB_CSS, 'styles.css', _SITE_CSS) if (tmp/c).exists()]
             res = {'sq': dict(css=css, nav=_nav_html(tree, pages, p['out']), description_html=_md_html(p['description']),
                               title_html=_md_html(p['title'], inline=True),
@@ -499,9 +528,16 @@ def main(argv=None):
                          "which on 2 cores is ~2.5x faster than nbdev's default (one process per core, each "
                          "importing torch again)")
     ap.add_argument('--force', action='store_true', help="ignore nbdev's _proc cache")
-    ap.add_argument('--mathjax-url', default=_LOCAL_MATHJAX if Path(_LOCAL_MATHJAX_FILE).exists() else None,
-                    help="MathJax 2 URL (default: Debian libjs-mathjax's local copy when installed, else nbconvert's CDN URL)")
+    mj = ap.add_mutually_exclusive_group()
+    mj.add_argument('--mathjax-dir', type=Path, default=None,
+                    help=f"MathJax 2 installation copied into the site (default: {MATHJAX_DIR}, Debian's libjs-mathjax)")
+    mj.add_argument('--mathjax-url', default=None,
+                    help="load MathJax from this URL instead of copying it (e.g. a CDN: the site then needs the network)")
     a = ap.parse_args(argv)
+    if a.mathjax_url is None and a.mathjax_dir is None: a.mathjax_dir = MATHJAX_DIR
+    if a.mathjax_dir is not None and not (a.mathjax_dir/'MathJax.js').is_file():
+        raise SystemExit(f'build_docs_offline: no MathJax in {a.mathjax_dir}: run `bash tools/ensure_chromium.sh` (installs '
+                         "Debian's libjs-mathjax), or pass --mathjax-dir DIR or --mathjax-url URL")
     root = Path(a.root).resolve()
     if not (root/'settings.ini').exists(): raise SystemExit(f'build_docs_offline: no settings.ini in {root}')
     out = Path(a.out).resolve() if a.out else root/'_site'
@@ -519,7 +555,8 @@ def main(argv=None):
     cfg = get_config()
     doc_url = (cfg.get('doc_host', '') + cfg.get('doc_baseurl', '')).rstrip('/')
     pages = build_site(proc, out, cfg.get('title') or cfg.lib_name, doc_url, nbs=cfg.nbs_path,
-                       mathjax_url=a.mathjax_url, recursive=str(cfg.get('recursive', True)).lower() == 'true')
+                       mathjax_url=a.mathjax_url, recursive=str(cfg.get('recursive', True)).lower() == 'true',
+                       mathjax_dir=a.mathjax_dir)
     t2 = time.time()
     for p in pages: print(f"{p['src']} -> {out/p['out']}  ({p['title']})")
     print(f'built {len(pages)} pages in {out} (nbdev_proc_nbs {t1 - t0:.1f} s, render {t2 - t1:.1f} s)')

@@ -4,11 +4,14 @@
 # otherwise says what to do. Never fails the caller: the docs test itself fails in CI (CI=true) or skips locally.
 set -u
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
-# Debian's MathJax lets the offline docs render LaTeX without the network (tools/build_docs_offline.py uses it).
-if [ ! -f /usr/share/javascript/mathjax/MathJax.js ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+export DEBIAN_FRONTEND=noninteractive
+# Debian's MathJax: tools/build_docs_offline.py copies it into _site/ so the docs render LaTeX offline, anywhere.
+if [ ! -f /usr/share/javascript/mathjax/config/TeX-AMS_CHTML.js ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get install -y -q libjs-mathjax >/tmp/ensure_mathjax.log 2>&1 || (apt-get update -q && apt-get install -y -q libjs-mathjax) >>/tmp/ensure_mathjax.log 2>&1) \
-    && echo "ensure_chromium: installed libjs-mathjax" || echo "ensure_chromium: libjs-mathjax not installed (math shows as LaTeX source offline)"
+    && echo "ensure_chromium: installed libjs-mathjax" || echo "ensure_chromium: libjs-mathjax not installed (the docs build needs it)"
 fi
+[ -f /usr/share/javascript/mathjax/MathJax.js ] || echo "ensure_chromium: /usr/share/javascript/mathjax is missing: sudo apt-get install -y libjs-mathjax"
+
 if [ -x "$CHROMIUM" ]; then
   echo "ensure_chromium: found $CHROMIUM ($("$CHROMIUM" --version 2>/dev/null | head -n1))"
   exit 0

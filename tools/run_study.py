@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Re-run a study notebook end to end (every cell, `#| slow` included) and save its outputs.
+
+A study (`nbs/*_study.ipynb`) caches each row under a hash of the code and configuration that produced it
+(`sensq.study`, cache under `sensq.models.cache_root()/studies/`). `--fresh` computes every row again (what
+`make studies` runs: the outputs are re-created from the commit alone); `--resume` continues the last `--fresh` run
+of the study where it stopped (rows computed since that run started are replayed, older ones recomputed: a study of
+hours can span sessions); the default reuses rows that the same code already computed on the same configuration;
+`--no-cache` neither reads nor writes the cache. The study's claims
+cell fails the run when the outputs contradict its prose.
+
+The reference configuration writes the executed notebook over the committed one (atomically, then `nbdev_clean`);
+`--quick` (the study's own reduced configuration: tiny random model, a few windows) or `--set key=value` overrides
+write to `--out` (default: a temporary folder), never over the committed notebook. A failed run leaves the committed
+notebook untouched and prints where the partly executed copy is.
+
+Usage: python tools/run_study.py 23_hessian_study [--fresh | --resume | --no-cache] [--quick | --set n_cal=2 ...] [--out PATH]
+       python tools/run_study.py --fresh 13_study 23_hessian_study 34_ds_study     # make studies
+"""
+from __future__ import annotations
+import argparse, datetime, hashlib, json, sys, tempfile, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from execute_notebooks import ROOT, execute, nbdev_clean  # noqa: E402
+
+
+def study_path(name: str) -> Path:
+    "nbs/<name>.ipynb for a name like '23_hessian_study', '23' or a path."
+    p = Path(name)
+    if p.suffix == '.ipynb' and p.is_file(): return p.resolve()
+    cands = sorted((ROOT/'nbs').glob(f'{name}*.ipynb')) if name.isdigit() else [ROOT/'nbs'/f'{p.stem}.ipynb']
+    cands = [c for c in cands if c.is_file() and c.stem.endswith('_study')]
+    if len(cands) != 1:
+        have = sorted(c.stem for c in (ROOT/'nbs').glob('*_study.ipynb'))
+        raise SystemExit(f'run_study: no single study notebook named {name!r}; studies: {have}')
+    return cands[0]
+
+
+def _study_cache(name: str) -> Path:
+    "The study's row cache folder (as `sensq.study.Study` computes it)."
+    sys.path.insert(0, str(ROOT))
+    from sensq.models import cache_root
+    return cache_root()/'studies'/name
+
+
+def _value(s: str):
+    try: return json.loads(s)
+    except ValueError: return s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('studies', nargs='+', help='study notebook names, e.g. 23_hessian_study')
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument('--fresh', action='store_true', help='compute every row again (and store it)')
+    g.add_argument('--resume', action='store_true', help='continue the last --fresh run: replay rows computed since it started')
+    g.add_argument('--no-cache', action='store_true', help='neither read nor write the row cache')
+    ap.add_argument('--quick', action='store_true', help="the study's reduced configuration (tiny model), claims not checked")
+    ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                    help='override one setting of the study (JSON value), e.g. --set n_cal=2 --set \'bits=[3]\'')
+    ap.add_argument('--out', type=Path, help='where to write the executed notebook (default: in place for the reference '
+                                            'configuration, a temporary folder otherwise)')
+    ap.add_argument('--timeout', type=int, default=None, help='seconds per cell (default: none)')
+    a = ap.parse_args(argv)
+    if a.quick and a.set: ap.error('--quick and --set are exclusive')
+    over = {}
+    for kv in a.set:
+        if '=' not in kv: ap.error(f'--set wants KEY=VALUE, got {kv!r}')
+        k, v = kv.split('=', 1); over[k.strip()] = _value(v)
+    config = 'quick' if a.quick else json.dumps(over) if over else 'reference'
+    paths = [study_path(s) for s in a.studies]
+    if a.out and len(paths) > 1: ap.error('--out takes one study')
+    failed = []
+    for p in paths:
+        mode = 'fresh' if a.fresh else 'off' if a.no_cache else 'reuse'
+        marker = _study_cache(p.stem)/f'.fresh-start-{hashlib.sha256(config.encode()).hexdigest()[:12]}'  # per configuration
+        if a.fresh:  # remembered so that --resume can continue this run
+            from sensq.core import atomic_write
+            atomic_write(marker, datetime.datetime.now().astimezone().replace(microsecond=0).isoformat() + '\n')
+        elif a.resume:
+            if not marker.is_file(): raise SystemExit(f'run_study: {p.stem}: no --fresh run to resume ({marker} missing)')
+            mode = 'since:' + marker.read_text().strip()
+        out = a.out or (p if config == 'reference' else Path(tempfile.mkdtemp(prefix='sensq-study-'))/f'{p.stem}.{"quick" if a.quick else "custom"}.ipynb')
+        print(f'run_study: {p.stem}: configuration {config}, cache {mode} -> {out}', flush=True)
+        t = time.perf_counter()
+        try: execute(p, out, skip=set(), timeout=a.timeout, env=dict(SENSQ_STUDY_MODE=mode, SENSQ_STUDY_CONFIG=config))
+        except Exception as e:
+            failed.append(p.stem); print(f'run_study: {p.stem} FAILED after {(time.perf_counter() - t) / 60:.1f} min: '
+                                         f'{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}', flush=True)
+            continue
+        nbdev_clean(out)
+        print(f'run_study: {p.stem} done in {(time.perf_counter() - t) / 60:.1f} min -> {out}', flush=True)
+    if failed: sys.exit(f'run_study: failed: {failed}')
+
+
+if __name__ == '__main__': main()
