@@ -37,7 +37,7 @@ class BlockLoopResult:
     Q:Tensor # (d_row, d_col) quantized weights (outliers kept, rounded to fp16)
     codes:Tensor # (d_row, d_col) uint8 codes
     scale:Tensor # (d_row, n_groups) grid step of each group
-    zero:Tensor # (d_row, n_groups) zero point of each group
+    zero:Tensor # (d_row, n_groups) zero point of each group (min–max grid: its min m)
     col_group:Tensor # (d_col,) long: group index of each column
     losses:Tensor # (d_row, d_col) $e_j^2 = ((w_j-q_j)/U_{jj})^2$; sum = tr(ΔW H ΔWᵀ)
     outliers:Tensor|None # (d_row, d_col) bool, weights kept unquantized (None when no threshold)
@@ -66,6 +66,7 @@ def gptq_block_loop(W:Tensor, # (d_row, d_col) weight, columns in processing ord
     if U.shape != (d_col, d_col): raise ValueError(f"U must be ({d_col}, {d_col}) for W of shape {tuple(W.shape)}, got {tuple(U.shape)}")
     if not (isinstance(blocksize, int) and blocksize >= 1): raise ValueError(f"blocksize must be a positive int, got {blocksize!r}")
     fit = fit_group or _row_fit(spec)
+    minmax = not spec.int_zero                                 # `zero` holds the min–max grid's m
     bounds = group_bounds(d_col, spec.group_size)
     gid = torch.cat([torch.full((b - a,), g, dtype=torch.long) for g, (a, b) in enumerate(bounds)])
     sT = W.new_zeros(len(bounds), d_row); zT = W.new_zeros(len(bounds), d_row)   # stats, one row per group
@@ -93,8 +94,8 @@ def gptq_block_loop(W:Tensor, # (d_row, d_col) weight, columns in processing ord
                 sT[g], zT[g] = fit(Wg.T, k, b)
             s, z = sT[cg[k]], zT[cg[k]]
             w = WT[k]
-            c = quantize_codes(w, s, z, spec.maxq)
-            q = dequantize_codes(c, s, z)
+            c = quantize_codes(w, s, z, spec.maxq, minmax)
+            q = dequantize_codes(c, s, z, minmax)
             if detect:
                 o = ((w - q) / Ud[k]).square() > outlier_threshold
                 q = torch.where(o, w.to(outlier_dtype).to(w.dtype), q)
@@ -132,7 +133,7 @@ class GPTQResult:
     Q:Tensor # (d_row, d_col) dequantized weights, original column order, W's dtype
     codes:Tensor # (d_row, d_col) uint8 codes, original column order
     scale:Tensor # (d_row, n_groups) grid steps
-    zero:Tensor # (d_row, n_groups) zero points
+    zero:Tensor # (d_row, n_groups) zero points (min–max grid: the mins m)
     g_idx:Tensor # (d_col,) long: group of each original column
     perm:Tensor|None # act-order permutation (processing position -> original column), None without act-order
     losses:Tensor # (d_row, d_col) per-weight OBS losses e² (original order); sum = tr(ΔW H_damped ΔWᵀ)
@@ -145,7 +146,7 @@ class GPTQResult:
     def dequantize(self) -> Tensor:
         "Rebuild the weights from codes, scales, zeros and `g_idx` (equals `Q`)."
         idx = self.g_idx.to(self.scale.device).expand(self.codes.shape[0], -1)
-        return dequantize_codes(self.codes, self.scale.gather(1, idx), self.zero.gather(1, idx)).to(self.Q.dtype)
+        return dequantize_codes(self.codes, self.scale.gather(1, idx), self.zero.gather(1, idx), not self.spec.int_zero).to(self.Q.dtype)
 
     @property
     def storage_bits(self) -> int:

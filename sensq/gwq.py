@@ -90,8 +90,8 @@ def gptq_keep_loop(W:Tensor, # (d_row, d_col) weight, columns in processing orde
                 sT[g], zT[g] = s_[:, 0], z_[:, 0]
             s, z = sT[cg[k]], zT[cg[k]]
             w = WT[k]
-            c = quantize_codes(w, s, z, spec.maxq)
-            q = torch.where(KT[k], w.to(keep_dtype).to(w.dtype), dequantize_codes(c, s, z))
+            c = quantize_codes(w, s, z, spec.maxq, not spec.int_zero)
+            q = torch.where(KT[k], w.to(keep_dtype).to(w.dtype), dequantize_codes(c, s, z, not spec.int_zero))
             err = (w - q).div_(Ud[k])
             QT[k], codesT[k], ErrT[k] = q, c.to(torch.uint8), err
             WT[k+1:i2].addr_(U[k, k+1:i2], err, alpha=-1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 import torch
 from torch import Tensor, nn
-from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_codes, dequantize_codes
+from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_codes, dequantize_codes, rtn
 from .hessian import inverse_cholesky
 from .gptq import (check_weight_hessian, prepare_layer, act_order_permutation, gptq_block_loop, gidx_bits, sequential_quantize)
 
@@ -29,11 +29,10 @@ def quantize_stats(v:Tensor, # (d_row,) first-level statistics of one column gro
     n = v.shape[0]
     chunks = -(-n // groupsize)
     vp = torch.cat([v, v[-1:].expand(chunks * groupsize - n)]).reshape(chunks, groupsize)  # pad by repetition: min/max unchanged
-    s2, z2 = find_params(vp, QuantSpec(bits, None, int_zero=False))  # min–max, real zero
-    params = torch.cat([s2, z2], 1).to(torch.float16)
-    s2, z2 = params[:, 0:1].to(v.dtype), params[:, 1:2].to(v.dtype)
-    codes = quantize_codes(vp, s2, z2, 2**bits - 1)
-    vals = dequantize_codes(codes, s2, z2).reshape(-1)[:n]
+    s2, m2 = find_params(vp, QuantSpec(bits, None, int_zero=False))  # min–max: fp16 step and fp16 value of code 0
+    params = torch.cat([s2, m2], 1).to(torch.float16)                  # exact: both are fp16 values
+    codes = quantize_codes(vp, s2, m2, 2**bits - 1, minmax=True)
+    vals = dequantize_codes(codes, s2, m2, minmax=True).reshape(-1)[:n]
     return codes.reshape(-1)[:n].to(torch.uint8), params, vals
 
 def dequantize_stats(codes:Tensor, # (d_row,) uint8 second-level codes
@@ -44,7 +43,7 @@ def dequantize_stats(codes:Tensor, # (d_row,) uint8 second-level codes
     "Rebuild statistics from their stored second-level form (inverse of `quantize_stats`)."
     rep = torch.arange(codes.shape[0], device=codes.device) // groupsize
     p = params.to(dtype)[rep]
-    return dequantize_codes(codes, p[:, 0], p[:, 1])
+    return dequantize_codes(codes, p[:, 0], p[:, 1], minmax=True)
 
 # %% ../nbs/21_spqr.ipynb #1d6b2ea6
 def outlier_scale(W:Tensor, # (d_row, d_col) weight (processing order, dead columns zeroed)
@@ -65,7 +64,7 @@ def leave_one_out_gain(Wg:Tensor, # (d_row, k) weights of one group, k >= 2
     idx = torch.arange(k, device=Wg.device)
     loo = idx[1:] - (idx[:, None] >= idx[1:]).to(idx.dtype)        # (k, k-1): the other columns, for each left-out one
     data = Wg[:, loo].flatten(0, 1)                                  # (d_row*k, k-1)
-    rtn_ = lambda x: dequantize_codes(quantize_codes(x, *(p := find_params(x, spec)), spec.maxq), *p)
+    rtn_ = lambda x: rtn(x, spec)
     loo_err = ((rtn_(data) - data).reshape(d_row, k, k - 1) / d[loo]).square().sum(-1)
     return ((rtn_(Wg) - Wg) / d).square().sum(1, keepdim=True) - loo_err
 
@@ -164,7 +163,7 @@ class SpQRResult:
             cols.append((s, z))
         S = torch.stack([s for s, z in cols], 1); Z = torch.stack([z for s, z in cols], 1)
         idx = self.g_idx.to(S.device).expand(d_row, -1)
-        D = dequantize_codes(self.codes, S.gather(1, idx), Z.gather(1, idx))
+        D = dequantize_codes(self.codes, S.gather(1, idx), Z.gather(1, idx), not self.spec.int_zero)
         return D.masked_fill(self.outliers, 0).to(self.Q.dtype)
 
     def count_bits(self) -> int:

@@ -29,7 +29,8 @@ def obs_bruteforce(W, H, spec, percdamp=0.01):
     bounds = dict(group_bounds(d_col, spec.group_size))
     for j in range(d_col):
         if j in bounds: s, z = find_params(W[:, j:bounds[j]], row)
-        Q[:, j] = dequantize_codes(quantize_codes(W[:, j:j+1], s, z, spec.maxq), s, z)[:, 0]
+        mm = not spec.int_zero
+        Q[:, j] = dequantize_codes(quantize_codes(W[:, j:j+1], s, z, spec.maxq, mm), s, z, mm)[:, 0]
         Hinv = torch.linalg.inv(H[j:, j:])
         W[:, j+1:] -= torch.outer(W[:, j] - Q[:, j], Hinv[0, 1:] / Hinv[0, 0])
     return Q
@@ -173,7 +174,7 @@ def test_spqr_defaults_to_its_minmax_grid():
     # the second level is min–max too: statistics far from 0 keep a fine grid (widened to 0 its step would be ~0.14)
     v = torch.linspace(1.0, 1.01, 16)
     codes, params, vals = quantize_stats(v, 3)
-    assert (vals - v).abs().max() < 0.002 and float(params[0, 1]) < -100   # real zero -min/s, far below code 0
+    assert (vals - v).abs().max() < 0.002 and float(params[0, 1]) == 1.0   # stored: the fp16 step and code 0's value, the minimum
 
 
 def test_spqr_outlier_count_falls_as_tau_grows():
