@@ -12,7 +12,7 @@ import torch.nn.functional as F_
 from torch import Tensor, nn
 from fastprogress.fastprogress import progress_bar
 from .core import check_finite, timer
-from .quant import QuantSpec, rtn, bits_per_weight
+from .quant import QuantSpec, rtn, quantize, dequantize, bits_per_weight
 from .models import linear_layers, tiny_llama
 from .data import TEXT_SOURCES
 
@@ -113,7 +113,7 @@ def quantize_model(model:nn.Module, # causal LM
     if not inplace: model = copy.deepcopy(model)
     for name, lin in linear_layers(model, include=layers).items():
         check_finite(lin.weight, f"{name}.weight")
-        lin.weight.copy_(rtn(lin.weight, spec))
+        lin.weight.copy_(rtn(lin.weight, spec, name))
     return model
 
 # %% ../nbs/03_eval.ipynb #9cd18c9c
@@ -121,19 +121,29 @@ def model_bits_per_weight(model:nn.Module, # causal LM
                           spec:QuantSpec, # grid used for every layer
                           layers:list[str]|None=None, # quantized layers (default: all but lm_head)
                          ) -> float:
-    "Exact average bits per quantized weight over `layers`, metadata included."
+    "Average bits per quantized weight over `layers` by `sensq.quant.bits_per_weight`'s formula (the packed bytes: `rtn_quantize_model`)."
     lins = linear_layers(model, include=layers).values()
     bits = sum(bits_per_weight(tuple(l.weight.shape), spec) * l.weight.numel() for l in lins)
     return bits / sum(l.weight.numel() for l in lins)
 
 # %% ../nbs/03_eval.ipynb #18c8a49b
+@torch.no_grad()
 def rtn_quantize_model(model:nn.Module, # causal LM, modified in place
                        calib:Tensor|None, # unused: RTN needs no data (kept for the common method signature)
                        spec:QuantSpec, # grid
                        layers:list[str]|None=None, # layers to quantize (default: all but lm_head)
                        progress:bool=True, # unused, for the common signature
+                       pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
                       ) -> dict:
-    "RTN with the common method signature: quantize in place, return stats (method, bits_per_weight, seconds, n_layers)."
-    with timer() as t: quantize_model(model, spec, layers)
-    return dict(method='rtn', spec=str(spec), bits_per_weight=model_bits_per_weight(model, spec, layers),
-                seconds=t.seconds, n_layers=len(linear_layers(model, include=layers)))
+    "RTN with the common method signature: quantize in place; stats with the stored bits per weight (bytes of the packed layers)."
+    from sensq.pack import pack_quantized, packed_summary
+    packed = {}
+    with timer() as t:
+        for name, lin in linear_layers(model, include=layers).items():
+            check_finite(lin.weight, f"{name}.weight")
+            qt = quantize(lin.weight, spec, name)
+            lin.weight.copy_(dequantize(qt))                        # = rtn(W, spec), computed from the stored values
+            packed[name] = pack_quantized(qt)
+    summ = packed_summary(packed)
+    return dict(method='rtn', spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
+                seconds=t.seconds, n_layers=len(packed), **({'packed': packed} if pack else {}))

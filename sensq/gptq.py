@@ -14,6 +14,7 @@ from .core import check_finite
 from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_codes, dequantize_codes, storage_bits, rtn
 from .models import get_blocks, block_linear_layers, linear_layers, layer_kind
 from .hessian import InverseCholesky, damp_hessian, inverse_cholesky, dead_inputs, capture_block_inputs, run_block, layer_hessians
+from .pack import PackedWeight, pack_uniform, with_sparse, grid_of, packed_summary
 
 # %% auto #0
 __all__ = ['logger', 'act_order_permutation', 'BlockLoopResult', 'gptq_block_loop', 'check_weight_hessian', 'gidx_bits',
@@ -34,13 +35,14 @@ def act_order_permutation(H:Tensor, # (d_col, d_col) Hessian
 @dataclass
 class BlockLoopResult:
     "What `gptq_block_loop` returns; every column index is a *processing* position."
-    Q:Tensor # (d_row, d_col) quantized weights (outliers kept, rounded to fp16)
+    Q:Tensor # (d_row, d_col) quantized weights: D, and D + S at outliers
     codes:Tensor # (d_row, d_col) uint8 codes
     scale:Tensor # (d_row, n_groups) grid step of each group
-    zero:Tensor # (d_row, n_groups) zero point of each group
+    zero:Tensor # (d_row, n_groups) zero point of each group (min–max grid: its min m)
     col_group:Tensor # (d_col,) long: group index of each column
     losses:Tensor # (d_row, d_col) $e_j^2 = ((w_j-q_j)/U_{jj})^2$; sum = tr(ΔW H ΔWᵀ)
     outliers:Tensor|None # (d_row, d_col) bool, weights kept unquantized (None when no threshold)
+    sparse:Tensor|None=None # (d_row, d_col) additive sparse values S = fp16(w - D) at the outliers, 0 elsewhere (None when no threshold)
 
 def _row_fit(spec):
     "Default group fit: `sensq.quant.find_params` with one group per row of the slice."
@@ -59,13 +61,14 @@ def gptq_block_loop(W:Tensor, # (d_row, d_col) weight, columns in processing ord
                     perm:Tensor|None=None, # processing position -> original column (used by static groups)
                     fit_group:Callable|None=None, # (W_group, start, stop) -> (scale, zero) each (d_row,); default find_params
                     outlier_threshold:float=math.inf, # keep w where ((w-q)/U_jj)² exceeds this (SpQR); inf: none
-                    outlier_dtype:torch.dtype=torch.float16, # precision of kept weights
+                    outlier_dtype:torch.dtype=torch.float16, # precision of the sparse values S = w - D (fp16 is what `sensq.pack` stores)
                    ) -> BlockLoopResult:
     "GPTQ's column loop: quantize a column, push its error onto later columns through `U`, lazily per block."
     d_row, d_col = W.shape
     if U.shape != (d_col, d_col): raise ValueError(f"U must be ({d_col}, {d_col}) for W of shape {tuple(W.shape)}, got {tuple(U.shape)}")
     if not (isinstance(blocksize, int) and blocksize >= 1): raise ValueError(f"blocksize must be a positive int, got {blocksize!r}")
     fit = fit_group or _row_fit(spec)
+    minmax = not spec.int_zero                                 # `zero` holds the min–max grid's m
     bounds = group_bounds(d_col, spec.group_size)
     gid = torch.cat([torch.full((b - a,), g, dtype=torch.long) for g, (a, b) in enumerate(bounds)])
     sT = W.new_zeros(len(bounds), d_row); zT = W.new_zeros(len(bounds), d_row)   # stats, one row per group
@@ -83,6 +86,7 @@ def gptq_block_loop(W:Tensor, # (d_row, d_col) weight, columns in processing ord
     codesT = torch.zeros(d_col, d_row, dtype=torch.uint8, device=W.device)
     detect = outlier_threshold != math.inf
     outT = torch.zeros(d_col, d_row, dtype=torch.bool, device=W.device) if detect else None
+    spT = torch.zeros(d_col, d_row, dtype=outlier_dtype, device=W.device) if detect else None
     Ud = U.diagonal().tolist()
     for i1 in range(0, d_col, blocksize):
         i2 = min(i1 + blocksize, d_col)
@@ -93,17 +97,19 @@ def gptq_block_loop(W:Tensor, # (d_row, d_col) weight, columns in processing ord
                 sT[g], zT[g] = fit(Wg.T, k, b)
             s, z = sT[cg[k]], zT[cg[k]]
             w = WT[k]
-            c = quantize_codes(w, s, z, spec.maxq)
-            q = dequantize_codes(c, s, z)
-            if detect:
+            c = quantize_codes(w, s, z, spec.maxq, minmax)
+            q = dequantize_codes(c, s, z, minmax)
+            if detect:                                         # an outlier keeps D + fp16(w - D): additive, as stored
                 o = ((w - q) / Ud[k]).square() > outlier_threshold
-                q = torch.where(o, w.to(outlier_dtype).to(w.dtype), q)
-                outT[k] = o
+                sv = torch.where(o, w - q, 0).to(outlier_dtype)
+                q = torch.where(o, q + sv.to(w.dtype), q)
+                outT[k], spT[k] = o, sv
             err = (w - q).div_(Ud[k])
             QT[k], codesT[k], ErrT[k] = q, c.to(torch.uint8), err
             WT[k+1:i2].addr_(U[k, k+1:i2], err, alpha=-1)      # rank-1 update inside the block
         WT[i2:].addmm_(U[i1:i2, i2:].T, ErrT[i1:i2], alpha=-1)  # lazy update of everything to the right
-    return BlockLoopResult(QT.T, codesT.T, sT.T, zT.T, col_group, ErrT.square_().T, None if outT is None else outT.T)
+    return BlockLoopResult(QT.T, codesT.T, sT.T, zT.T, col_group, ErrT.square_().T, None if outT is None else outT.T,
+                           None if spT is None else spT.T)
 
 # %% ../nbs/20_gptq.ipynb #68f1824e
 def check_weight_hessian(W:Tensor, # (d_row, d_col) weight
@@ -132,7 +138,7 @@ class GPTQResult:
     Q:Tensor # (d_row, d_col) dequantized weights, original column order, W's dtype
     codes:Tensor # (d_row, d_col) uint8 codes, original column order
     scale:Tensor # (d_row, n_groups) grid steps
-    zero:Tensor # (d_row, n_groups) zero points
+    zero:Tensor # (d_row, n_groups) zero points (min–max grid: the mins m)
     g_idx:Tensor # (d_col,) long: group of each original column
     perm:Tensor|None # act-order permutation (processing position -> original column), None without act-order
     losses:Tensor # (d_row, d_col) per-weight OBS losses e² (original order); sum = tr(ΔW H_damped ΔWᵀ)
@@ -142,17 +148,20 @@ class GPTQResult:
     spec:QuantSpec # the grid
     static_groups:bool=False
 
+    def packed(self) -> PackedWeight:
+        "The stored form (`sensq.pack`): codes, fp16 scales, integer zeros or fp16 mins, `g_idx` where groups are not contiguous."
+        return pack_uniform(self.codes, self.scale, None if self.spec.sym else self.zero, self.spec.bits, self.spec.group_size,
+                            grid_of(self.spec), self.g_idx)
+
     def dequantize(self) -> Tensor:
         "Rebuild the weights from codes, scales, zeros and `g_idx` (equals `Q`)."
         idx = self.g_idx.to(self.scale.device).expand(self.codes.shape[0], -1)
-        return dequantize_codes(self.codes, self.scale.gather(1, idx), self.zero.gather(1, idx)).to(self.Q.dtype)
+        return dequantize_codes(self.codes, self.scale.gather(1, idx), self.zero.gather(1, idx), not self.spec.int_zero).to(self.Q.dtype)
 
     @property
     def storage_bits(self) -> int:
-        "Exact stored bits: codes + per-group scale (16) and zero, + g_idx when act-order meets dynamic groups."
-        d_row, d_col = self.codes.shape
-        extra = gidx_bits(d_col, self.scale.shape[1]) if (self.perm is not None and not self.static_groups) else 0
-        return storage_bits((d_row, d_col), self.spec) + extra
+        "Stored bits: 8 x the bytes of the packed layer (codes, scales, zeros, `g_idx` when act-order meets dynamic groups)."
+        return 8 * self.packed().nbytes()
 
     @property
     def bits_per_weight(self) -> float: return self.storage_bits / self.codes.numel()
@@ -260,20 +269,22 @@ def gptq_quantize_model(model:nn.Module, # causal LM, quantized in place
                         true_sequential:bool=False, # stages q/k/v, o, gate/up, down inside each block
                         hessian_fn:Callable|None=None, # Hessian provider (default: layer-wise 2XXᵀ/n)
                         batch_size:int=8, # sequences per block forward
+                        pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
                        ) -> dict:
-    "Quantize every selected linear layer with GPTQ, block by block; returns stats incl. exact bits per weight."
+    "Quantize every selected linear layer with GPTQ, block by block; stats with the stored bits per weight (packed bytes)."
     if not isinstance(spec, QuantSpec): raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-    t0 = time.perf_counter()
+    t0, packed = time.perf_counter(), {}
     def quantize_layer(name, lin, H):
         t = time.perf_counter()
         r = gptq_quantize(lin.weight.data, H, spec, blocksize, percdamp, act_order, static_groups, name=name)
         lin.weight.data.copy_(r.Q)
+        packed[name] = pw = r.packed()
         logger.info("%s: GPTQ %s, loss %.4g, damping %g, retries %d", name, spec, float(r.losses.sum()), r.damping_used, r.retries)
         return dict(loss=float(r.losses.sum()), damping=r.damping_used, retries=r.retries, dead=int(r.dead.sum()),
-                    bits=r.storage_bits, numel=r.codes.numel(), seconds=time.perf_counter() - t)
+                    bits=8 * pw.nbytes(), numel=r.codes.numel(), seconds=time.perf_counter() - t)
     per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress)
-    bits, numel = sum(s['bits'] for s in per_layer.values()), sum(s['numel'] for s in per_layer.values())
-    return dict(method='gptq', spec=str(spec), bits_per_weight=bits / numel, seconds=time.perf_counter() - t0,
-                n_layers=len(per_layer), retries=sum(s['retries'] for s in per_layer.values()),
+    summ = packed_summary(packed)
+    return dict(method='gptq', spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
+                seconds=time.perf_counter() - t0, n_layers=len(per_layer), retries=sum(s['retries'] for s in per_layer.values()),
                 act_order=act_order, static_groups=static_groups, true_sequential=true_sequential, percdamp=percdamp,
-                blocksize=blocksize, calib_shape=tuple(calib.shape), layers=per_layer)
+                blocksize=blocksize, calib_shape=tuple(calib.shape), layers=per_layer, **({'packed': packed} if pack else {}))

@@ -16,6 +16,7 @@ from .gptq import (BlockLoopResult, GPTQResult, gptq_quantize, gptq_block_loop, 
 from .models import linear_layers
 from .taylor import loss_gradient
 from .dense_sparse import fill_masked, DenseSparseTensor, dense_sparse_from, ds_bits, write_weight
+from .pack import packed_summary
 from .squeezellm import topk_mask, n_of
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ def gptq_keep_loop(W:Tensor, # (d_row, d_col) weight, columns in processing orde
                    spec:QuantSpec, # grid (dynamic groups)
                    keep:Tensor, # (d_row, d_col) bool, weights kept (not quantized), same order
                    blocksize:int=128, # columns per lazy block
-                   keep_dtype=torch.float16, # precision of kept weights
+                   keep_dtype=torch.float16, # precision of the kept weights' sparse values fp16(w - D)
                    fit_excludes_kept:bool=True, # fit each group's grid with the kept weights set to 0
+                   name:str='layer', # for messages
                   ) -> BlockLoopResult:
     "GPTQ's lazy-block column loop with a fixed set of kept weights that feed back no error."
     d_row, d_col = W.shape
@@ -77,6 +79,7 @@ def gptq_keep_loop(W:Tensor, # (d_row, d_col) weight, columns in processing orde
     WT, KT = W.T.contiguous(), keep.T.contiguous()
     QT, ErrT = torch.zeros_like(WT), torch.zeros_like(WT)
     codesT = torch.zeros(d_col, d_row, dtype=torch.uint8, device=W.device)
+    spT = torch.zeros(d_col, d_row, dtype=keep_dtype, device=W.device)   # additive sparse values of the kept weights
     Ud = U.diagonal().tolist()
     for i1 in range(0, d_col, blocksize):
         i2 = min(i1 + blocksize, d_col)
@@ -86,17 +89,19 @@ def gptq_keep_loop(W:Tensor, # (d_row, d_col) weight, columns in processing orde
                 Wg = WT[k:b] if b <= i2 else torch.cat([WT[k:i2], WT[i2:b] - U[i1:k, i2:b].T @ ErrT[i1:k]])
                 Wg = Wg.T                                      # (d_row, group columns)
                 if fit_excludes_kept: Wg = fill_masked(Wg, KT[k:b].T)
-                s_, z_ = find_params(Wg, row_spec)
+                s_, z_ = find_params(Wg, row_spec, name)
                 sT[g], zT[g] = s_[:, 0], z_[:, 0]
             s, z = sT[cg[k]], zT[cg[k]]
             w = WT[k]
-            c = quantize_codes(w, s, z, spec.maxq)
-            q = torch.where(KT[k], w.to(keep_dtype).to(w.dtype), dequantize_codes(c, s, z))
+            c = quantize_codes(w, s, z, spec.maxq, not spec.int_zero)
+            q = dequantize_codes(c, s, z, not spec.int_zero)
+            sv = torch.where(KT[k], w - q, 0).to(keep_dtype)    # kept: D + fp16(w - D), the additive sparse part
+            q = torch.where(KT[k], q + sv.to(w.dtype), q)
             err = (w - q).div_(Ud[k])
-            QT[k], codesT[k], ErrT[k] = q, c.to(torch.uint8), err
+            QT[k], codesT[k], ErrT[k], spT[k] = q, c.to(torch.uint8), err, sv
             WT[k+1:i2].addr_(U[k, k+1:i2], err, alpha=-1)
         WT[i2:].addmm_(U[i1:i2, i2:].T, ErrT[i1:i2], alpha=-1)
-    return BlockLoopResult(QT.T, codesT.T, sT.T, zT.T, col_group, ErrT.square_().T, keep)
+    return BlockLoopResult(QT.T, codesT.T, sT.T, zT.T, col_group, ErrT.square_().T, keep, spT.T)
 
 # %% ../nbs/32_gwq.ipynb #36cf8b6b
 def gptq_keep_quantize(W:Tensor, # (d_row, d_col) weight
@@ -109,7 +114,7 @@ def gptq_keep_quantize(W:Tensor, # (d_row, d_col) weight
                        fit_excludes_kept:bool=True, # group grids ignore the kept weights
                        name:str='layer', # for messages
                       ) -> tuple[GPTQResult, Tensor]:
-    "GPTQ on one layer with kept weights; returns the `GPTQResult` (grid codes everywhere) and the kept values."
+    "GPTQ on one layer with kept weights; returns the `GPTQResult` (codes everywhere, `Q` with the kept weights) and the sparse values."
     check_weight_hessian(W, H, name)
     cdt = torch.float64 if W.dtype == torch.float64 else torch.float32
     Wc, K = W.to(cdt, copy=True), keep.clone()
@@ -117,14 +122,14 @@ def gptq_keep_quantize(W:Tensor, # (d_row, d_col) weight
     if perm is not None: Wc, H, K = Wc[:, perm], H[perm][:, perm], K[:, perm]
     ic = inverse_cholesky(H, percdamp=percdamp, name=name)
     Wc[:, ic.dead] = 0
-    r = gptq_keep_loop(Wc, ic.U.to(cdt), spec, K, blocksize, fit_excludes_kept=fit_excludes_kept)
-    Q, codes, losses, g_idx, dead = r.Q, r.codes, r.losses, r.col_group, ic.dead
+    r = gptq_keep_loop(Wc, ic.U.to(cdt), spec, K, blocksize, fit_excludes_kept=fit_excludes_kept, name=name)
+    Q, codes, losses, g_idx, dead, S = r.Q, r.codes, r.losses, r.col_group, ic.dead, r.sparse
     if perm is not None:
         inv = torch.argsort(perm)
-        Q, codes, losses, g_idx, dead = Q[:, inv], codes[:, inv], losses[:, inv], g_idx[inv], dead[inv]
+        Q, codes, losses, g_idx, dead, S = Q[:, inv], codes[:, inv], losses[:, inv], g_idx[inv], dead[inv], S[:, inv]
     res = GPTQResult(Q.to(W.dtype).contiguous(), codes.contiguous(), r.scale.contiguous(), r.zero.contiguous(), g_idx, perm,
                      losses.contiguous(), ic.percdamp, ic.retries, dead, spec, False)
-    return res, Q.to(W.dtype)
+    return res, S.contiguous()   # S: (d_row, d_col) fp16(w - D) at the kept weights, 0 elsewhere; Q = D + S
 
 # %% ../nbs/32_gwq.ipynb #6220ccf8
 def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
@@ -142,6 +147,7 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
                        blocksize:int=128, # GPTQ lazy block
                        batch_size:int=8, # sequences per block forward (GPTQ)
                        return_tensors:bool=False, # add the `DenseSparseTensor`s under 'tensors'
+                       pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
                       ) -> dict:
     "GWQ: keep the top `ratio` of each matrix by gradient score in fp16, quantize the rest with RTN or GPTQ; in place."
     if base not in ('rtn', 'gptq'): raise ValueError(f"unknown GWQ base {base!r}; choose 'rtn' or 'gptq'")
@@ -154,11 +160,11 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
             grads = loss_gradient(model, calib[:n_grad], names, batch_size=grad_batch_size, progress=progress)
         keep = gwq_masks(gwq_scores(grads, weights, score), ratio)
         del grads
-        tensors, per_layer = {}, {}
+        tensors, per_layer, packed = {}, {}, {}
         def finish(name, ds, extra={}):
             write_weight(lins[name], ds)
-            b = ds_bits(ds)
-            per_layer[name] = dict(bits=b['total'], numel=b['n'], nnz=ds.nnz, **extra)
+            packed[name] = pw = ds.packed()
+            per_layer[name] = dict(bits=8 * pw.nbytes(), numel=pw.shape[0] * pw.shape[1], nnz=ds.nnz, **extra)
             if return_tensors: tensors[name] = ds
             return per_layer[name]
         if base == 'rtn':
@@ -166,12 +172,14 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
                 finish(name, gwq_rtn_layer(weights[name], keep[name], spec))
         else:
             def quantize_layer(name, lin, H):
-                r, vals = gptq_keep_quantize(lin.weight.data, H, spec, keep[name], blocksize, percdamp, act_order, name=name)
-                return finish(name, dense_sparse_from(weights[name], keep[name], r, values=vals), dict(loss=float(r.losses.sum())))
+                r, S = gptq_keep_quantize(lin.weight.data, H, spec, keep[name], blocksize, percdamp, act_order, name=name)
+                return finish(name, dense_sparse_from(weights[name], keep[name], r, sparse=S), dict(loss=float(r.losses.sum())))
             sequential_quantize(model, calib, quantize_layer, names, batch_size=batch_size, progress=progress)
-    bits, numel = sum(s['bits'] for s in per_layer.values()), sum(s['numel'] for s in per_layer.values())
-    out = dict(method='gwq', base=base, spec=str(spec), bits_per_weight=bits / numel, seconds=t_all.seconds,
+    summ = packed_summary(packed)
+    out = dict(method='gwq', base=base, spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
+               paper_bits_per_weight=summ['paper_bits_per_weight'], seconds=t_all.seconds,
                grad_seconds=t_g.seconds, n_layers=len(per_layer), ratio=ratio, score=score, n_grad=n_grad,
                n_kept=sum(s['nnz'] for s in per_layer.values()), layers=per_layer)
     if return_tensors: out['tensors'] = tensors
+    if pack: out['packed'] = packed
     return out

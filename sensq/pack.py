@@ -6,12 +6,16 @@
 from __future__ import annotations
 import numbers
 from dataclasses import dataclass
+from typing import NamedTuple
 import torch
 from torch import Tensor
+from .quant import QuantSpec, QuantizedTensor
 
 # %% auto #0
-__all__ = ['GRIDS', 'FORMAT_VERSION', 'packed_words', 'pack_codes', 'unpack_codes', 'column_groups', 'dequantize_uniform',
-           'dequantize_codebook', 'csr_columns', 'sparse_dense', 'PackedWeight']
+__all__ = ['GRIDS', 'FORMAT_VERSION', 'SPARSE_TENSORS', 'packed_words', 'pack_codes', 'unpack_codes', 'column_groups',
+           'dense_from_stats', 'dequantize_uniform', 'decode_second_level', 'dequantize_codebook', 'csr_columns',
+           'sparse_dense', 'PackedWeight', 'paper_bits_per_weight', 'grid_of', 'SecondLevel', 'pack_uniform',
+           'pack_quantized', 'pack_codebook', 'sparse_values', 'pack_sparse', 'with_sparse', 'packed_summary']
 
 # %% ../nbs/40_pack.ipynb #f83e03fa
 def _check_bits(bits):
@@ -90,6 +94,21 @@ def column_groups(in_features:int, # K, input columns
     return torch.arange(in_features, dtype=torch.int64) // group_size
 
 # %% ../nbs/40_pack.ipynb #bf969acc
+def dense_from_stats(q:Tensor, # (N, K) codes (any numeric dtype)
+                     s:Tensor, # (N, G) grid steps (fp16 or float32 values)
+                     z:Tensor|None, # (N, G): zero points (asym), mins (minmax); None (sym)
+                     bits:int, # bits per code
+                     grid:str, # 'asym', 'sym' or 'minmax'
+                     gi:Tensor, # (K,) int64 group of each column
+                    )->Tensor: # (N, K) float32 dense weight
+    "The dense weight from codes and (decoded) statistics in float32: $s(q-z)$, $s(q-2^{b-1})$ or $sq+m$."
+    G = s.shape[1]
+    if gi.numel() and int(gi.max()) >= G: raise ValueError(f"a column's group {int(gi.max())} is beyond the {G} groups of `scales`")
+    q, gi = q.float(), gi.to(s.device)
+    s = s.float()[:, gi]
+    if grid == 'minmax': return s * q + z.float()[:, gi]
+    return s * (q - (z.float()[:, gi] if grid == 'asym' else 2.0**(bits - 1)))
+
 def dequantize_uniform(qweight:Tensor, # (N, packed_words(K, bits)) int32 codes
                        scales:Tensor, # (N, G) fp16 grid steps
                        zeros:Tensor|None, # asym: (N, packed_words(G, bits)) int32 qzeros; minmax: (N, G) fp16 mins; sym: None
@@ -102,14 +121,23 @@ def dequantize_uniform(qweight:Tensor, # (N, packed_words(K, bits)) int32 codes
                       )->Tensor: # (N, K) dense weight
     "Reference dequantization of a uniform-grid packed weight: $s(q-z)$, $s(q-2^{b-1})$ or $sq+m$."
     if _check_grid(grid) == 'codebook': raise ValueError("grid 'codebook' is dequantized by `dequantize_codebook`")
-    N, G = scales.shape
-    q = unpack_codes(qweight, bits, in_features).float()
-    gi = column_groups(in_features, group_size, g_idx).to(scales.device)
-    if int(gi.max()) >= G: raise ValueError(f"a column's group {int(gi.max())} is beyond the {G} groups of `scales`")
-    s = scales.float()[:, gi]
-    if grid == 'minmax': return (s * q + zeros.float()[:, gi]).to(dtype)
-    z = (unpack_codes(zeros, bits, G).float()[:, gi] if grid == 'asym' else 2.0**(bits - 1))
-    return (s * (q - z)).to(dtype)
+    G = scales.shape[1]
+    q = unpack_codes(qweight, bits, in_features)
+    z = unpack_codes(zeros, bits, G) if grid == 'asym' else zeros
+    return dense_from_stats(q, scales, z, bits, grid, column_groups(in_features, group_size, g_idx)).to(dtype)
+
+def decode_second_level(codes:Tensor, # (N, packed_words(G, bits)) int32 packed codes of one statistic
+                        scale:Tensor, # (ceil(N/r), G) fp16 second-level steps
+                        mins:Tensor, # (ceil(N/r), G) fp16 second-level values of code 0
+                        bits:int, # bits per second-level code
+                        groupsize:int, # r, consecutive rows sharing a second-level grid
+                       )->Tensor: # (N, G) float32 first-level statistics
+    "First-level statistics from their second-level form: $v_{ng} = \\sigma_{\\lfloor n/r \\rfloor g}\\, c_{ng} + \\mu_{\\lfloor n/r \\rfloor g}$, float32."
+    N, G = codes.shape[0], scale.shape[1]
+    if scale.shape != (-(-N // groupsize), G) or mins.shape != scale.shape:
+        raise ValueError(f"second-level scale and min must have shape ({-(-N // groupsize)}, {G}), got {tuple(scale.shape)} and {tuple(mins.shape)}")
+    rep = torch.arange(N, device=codes.device) // groupsize
+    return (unpack_codes(codes, bits, G).float() * scale.float()[rep]).add_(mins.float()[rep])  # exact product, one rounding
 
 def dequantize_codebook(qweight:Tensor, # (N, packed_words(K, bits)) int32 codes
                         lut:Tensor, # (N, 2**bits) fp16 values of each row's codes
@@ -144,6 +172,7 @@ def sparse_dense(crow:Tensor, # (N+1,) int32 row pointers
 
 # %% ../nbs/40_pack.ipynb #03dc2465
 FORMAT_VERSION = 1
+SPARSE_TENSORS = ('sparse_crow', 'sparse_col', 'sparse_val')
 
 @dataclass
 class PackedWeight:
@@ -164,18 +193,213 @@ class PackedWeight:
         N, K = self.shape
         return 8 * self.nbytes() / (N * K)
 
+    @property
+    def nnz(self)->int:
+        "Entries of the sparse part (0 without one)."
+        return self.tensors['sparse_val'].numel() if 'sparse_val' in self.tensors else 0
+
+    def codes(self)->Tensor:
+        "The (N, K) uint8 codes."
+        return unpack_codes(self.tensors['qweight'], self.config['bits'], self.config['in_features'])
+
+    def _stat(self, name:str, plain:Tensor|None)->Tensor|None:
+        "A first-level statistic ('scales' or 'zeros') as stored, decoded from its second level when it has one."
+        c, t = self.config, self.tensors
+        if f'{name}_qq' not in t: return plain
+        return decode_second_level(t[f'{name}_qq'], t[f'{name}_qq_scale'], t[f'{name}_qq_min'], c[f'qq_{name[:-1]}_bits'],
+                                   c['qq_groupsize'])
+
+    def statistics(self)->tuple[Tensor, Tensor|None]:
+        "(scales, zeros) of a uniform grid, each (N, G) float32: zeros are integer zeros (asym), mins (minmax) or None (sym)."
+        c, t = self.config, self.tensors
+        if c['grid'] == 'codebook': raise ValueError("a codebook grid has no scales and zeros: its values are `tensors['lut']`")
+        s = self._stat('scales', t.get('scales'))
+        G = s.shape[1]
+        z = (unpack_codes(t['qzeros'], c['bits'], G) if 'qzeros' in t else t.get('mins'))
+        z = self._stat('zeros', None if z is None else z.float())
+        return s.float(), z
+
     def dense(self, dtype:torch.dtype=torch.float32)->Tensor:
         "The dense part $D$ as an (N, K) matrix."
         c, t = self.config, self.tensors
         if c['grid'] == 'codebook': return dequantize_codebook(t['qweight'], t['lut'], c['bits'], c['in_features'], dtype)
-        zeros = t.get('qzeros') if c['grid'] == 'asym' else t.get('mins')
-        return dequantize_uniform(t['qweight'], t['scales'], zeros, c['bits'], c['in_features'], c['group_size'], c['grid'],
-                                  t.get('g_idx'), dtype)
+        s, z = self.statistics()
+        gi = column_groups(c['in_features'], c['group_size'], t.get('g_idx'))
+        return dense_from_stats(self.codes(), s, z, c['bits'], c['grid'], gi).to(dtype)
+
+    def sparse(self, dtype:torch.dtype=torch.float32)->Tensor:
+        "The sparse part $S$ as a dense (N, K) matrix (zeros without one)."
+        t = self.tensors
+        if 'sparse_crow' not in t: return torch.zeros(self.shape, dtype=dtype, device=t['qweight'].device)
+        return sparse_dense(t['sparse_crow'], t['sparse_col'], t['sparse_val'], self.shape, dtype)
 
     def dequantize(self, dtype:torch.dtype=torch.float32)->Tensor:
         "The weight $\\hat W = D + S$ as an (N, K) matrix (reference path, computed in float32)."
         W = self.dense(torch.float32)
-        if 'sparse_crow' in self.tensors:
-            t = self.tensors
-            W = W + sparse_dense(t['sparse_crow'], t['sparse_col'], t['sparse_val'], self.shape)
+        if 'sparse_crow' in self.tensors: W = W + self.sparse()
         return W.to(dtype)
+
+def paper_bits_per_weight(pw:PackedWeight, # a packed weight
+                          entry_bits:int=48, # bits per sparse entry (SpQR, SqueezeLLM, ReQuant: fp16 value + 32-bit position)
+                         )->float: # average bits per weight
+    "The papers' convention: the stored bits of everything but the sparse part, plus `entry_bits` per sparse entry."
+    N, K = pw.shape
+    sparse = sum(pw.tensors[n].numel() * pw.tensors[n].element_size() for n in SPARSE_TENSORS if n in pw.tensors)
+    return (8 * (pw.nbytes() - sparse) + entry_bits * pw.nnz) / (N * K)
+
+# %% ../nbs/40_pack.ipynb #b1a0c002
+def grid_of(spec:QuantSpec, # a uniform grid
+           )->str: # 'sym', 'asym' (integer zero) or 'minmax'
+    "The packed grid name of a `QuantSpec`."
+    return 'sym' if spec.sym else 'asym' if spec.int_zero else 'minmax'
+
+def _fp16_exact(x:Tensor, what:str)->Tensor:
+    "`x` as fp16, or a ValueError when it holds a value that fp16 cannot store exactly."
+    if not isinstance(x, Tensor) or not x.is_floating_point(): raise ValueError(f"{what} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    h = x.to(torch.float16)
+    bad = ~(h.to(x.dtype) == x)
+    if bad.any():
+        raise ValueError(f"{what} holds {int(bad.sum())} value(s) that are not fp16 numbers (e.g. {x[bad].flatten()[0].item()!r}): "
+                         "statistics must be rounded to fp16 before the codes are computed (as `sensq.quant` does)")
+    return h
+
+def _int_codes(x:Tensor, bits:int, what:str)->Tensor:
+    "`x` as int64, or a ValueError unless it holds integers in [0, 2**bits)."
+    if not isinstance(x, Tensor) or x.dtype == torch.bool: raise ValueError(f"{what} must be a tensor of integers, got {getattr(x, 'dtype', type(x).__name__)}")
+    c = x.to(torch.int64)
+    if x.is_floating_point() and not torch.equal(c.to(x.dtype), x): raise ValueError(f"{what} must hold integers, got fractional values")
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= 2**bits):
+        raise ValueError(f"{what} must lie in [0, {2**bits - 1}] for {bits} bits, got range [{int(c.min())}, {int(c.max())}]")
+    return c
+
+class SecondLevel(NamedTuple):
+    "Second-level quantized statistics (SpQR): a code per (row, group), an fp16 step and code-0 value per (block of rows, group)."
+    codes:Tensor # (N, G) integer codes in [0, 2**bits)
+    scale:Tensor # (ceil(N/groupsize), G) steps σ, fp16 values
+    min:Tensor # (ceil(N/groupsize), G) values μ of code 0, fp16 values
+    bits:int # bits per code
+    groupsize:int # rows per block
+
+    def values(self)->Tensor:
+        "The statistics they stand for, (N, G) float32: $\\sigma c + \\mu$ (product, then sum; as `decode_second_level`)."
+        rep = torch.arange(self.codes.shape[0], device=self.codes.device) // self.groupsize
+        return (self.codes.float() * self.scale.float()[rep]).add_(self.min.float()[rep])
+
+def _check_shape2(t:Tensor, shape:tuple, what:str):
+    if not isinstance(t, Tensor) or tuple(t.shape) != tuple(shape): raise ValueError(f"{what} must have shape {tuple(shape)}, got {tuple(getattr(t, 'shape', ()))}")
+
+# %% ../nbs/40_pack.ipynb #b1a0c003
+def pack_uniform(codes:Tensor, # (N, K) integer codes in [0, 2**bits)
+                 scale:Tensor|SecondLevel, # (N, G) grid steps (fp16 values), or their second-level form
+                 zero:Tensor|SecondLevel|None, # asym: (N, G) integer zeros; minmax: (N, G) fp16 mins; sym: None (or 2**(bits-1)); or second level
+                 bits:int, # bits per code
+                 group_size:int|None, # columns per group (None: one group per row)
+                 grid:str, # 'asym', 'sym' or 'minmax'
+                 g_idx:Tensor|None=None, # (K,) group of each column (act-order); stored only when not contiguous
+                )->PackedWeight:
+    "Pack a uniform-grid weight: codes, fp16 scales, integer zeros or fp16 mins (or their second level), `g_idx` if needed."
+    bits = _check_bits(bits)
+    if _check_grid(grid) == 'codebook': raise ValueError("grid 'codebook' is packed by `pack_codebook`")
+    if not isinstance(codes, Tensor) or codes.ndim != 2 or codes.numel() == 0: raise ValueError(f"codes must be a non-empty (N, K) tensor, got shape {tuple(getattr(codes, 'shape', ()))}")
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size < 1):
+        raise ValueError(f"group_size must be None or a positive integer, got {group_size!r}")
+    N, K = codes.shape
+    G = 1 if group_size is None else -(-K // int(group_size))
+    config = dict(version=FORMAT_VERSION, grid=grid, bits=bits, group_size=None if group_size is None else int(group_size),
+                  in_features=K, out_features=N)
+    t = dict(qweight=pack_codes(_int_codes(codes, bits, 'codes'), bits))
+    def second(name, v):
+        if not isinstance(v, SecondLevel): raise ValueError(f"second-level {name} must be a SecondLevel, got {type(v).__name__}")
+        b2, r = _check_bits(v.bits), v.groupsize
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1: raise ValueError(f"second-level groupsize must be a positive integer, got {r!r}")
+        if config.setdefault('qq_groupsize', int(r)) != r: raise ValueError(f"second-level scales and zeros must share one groupsize, got {config['qq_groupsize']} and {r}")
+        _check_shape2(v.codes, (N, G), f"second-level {name} codes"); _check_shape2(v.scale, (-(-N // r), G), f"second-level {name} scale")
+        _check_shape2(v.min, (-(-N // r), G), f"second-level {name} min")
+        t[f'{name}_qq'] = pack_codes(_int_codes(v.codes, b2, f"second-level {name} codes"), b2)
+        t[f'{name}_qq_scale'] = _fp16_exact(v.scale, f"second-level {name} scale")
+        t[f'{name}_qq_min'] = _fp16_exact(v.min, f"second-level {name} min")
+        config[f'qq_{name[:-1]}_bits'] = b2
+        return v.values()
+    if isinstance(scale, SecondLevel): s = second('scales', scale)
+    else:
+        _check_shape2(scale, (N, G), 'scale')
+        t['scales'] = _fp16_exact(scale, 'scale'); s = t['scales']
+    if not (s > 0).all(): raise ValueError("every scale must be > 0")
+    if grid == 'sym':
+        if isinstance(zero, SecondLevel) or (zero is not None and not bool((zero == 2**(bits - 1)).all())):
+            raise ValueError(f"the symmetric grid's zero is the fixed code {2**(bits - 1)}: pass zero=None")
+    elif isinstance(zero, SecondLevel): second('zeros', zero)
+    else:
+        _check_shape2(zero, (N, G), 'zero' if grid == 'asym' else 'min')
+        if grid == 'asym': t['qzeros'] = pack_codes(_int_codes(zero, bits, 'zero'), bits)
+        else: t['mins'] = _fp16_exact(zero, 'min')
+    if g_idx is not None:
+        _check_shape2(g_idx, (K,), 'g_idx')
+        if g_idx.is_floating_point() or g_idx.dtype == torch.bool: raise ValueError(f"g_idx must be an integer tensor, got {g_idx.dtype}")
+        gi = g_idx.to(torch.int64)
+        if int(gi.min()) < 0 or int(gi.max()) >= G: raise ValueError(f"g_idx must lie in [0, {G - 1}], got range [{int(gi.min())}, {int(gi.max())}]")
+        if not torch.equal(gi.cpu(), column_groups(K, group_size)): t['g_idx'] = gi.to(torch.int32)
+    return PackedWeight(config, t)
+
+def pack_quantized(qt:QuantizedTensor, # `sensq.quant.quantize`'s result
+                  )->PackedWeight:
+    "Pack a `QuantizedTensor` (RTN) on its grid."
+    return pack_uniform(qt.codes, qt.scale, qt.zero, qt.spec.bits, qt.spec.group_size, grid_of(qt.spec))
+
+def pack_codebook(codes:Tensor, # (N, K) integer codes in [0, 2**bits)
+                  lut:Tensor, # (N, 2**bits) values of each row's codes, fp16 numbers
+                  bits:int, # bits per code
+                 )->PackedWeight:
+    "Pack a per-row codebook weight (SqueezeLLM): codes and the fp16 lookup table."
+    bits = _check_bits(bits)
+    if not isinstance(codes, Tensor) or codes.ndim != 2 or codes.numel() == 0: raise ValueError(f"codes must be a non-empty (N, K) tensor, got shape {tuple(getattr(codes, 'shape', ()))}")
+    N, K = codes.shape
+    _check_shape2(lut, (N, 2**bits), 'lut')
+    config = dict(version=FORMAT_VERSION, grid='codebook', bits=bits, group_size=None, in_features=K, out_features=N)
+    return PackedWeight(config, dict(qweight=pack_codes(_int_codes(codes, bits, 'codes'), bits), lut=_fp16_exact(lut, 'lut')))
+
+# %% ../nbs/40_pack.ipynb #b1a0c005
+def sparse_values(target:Tensor, # (N, K) weights to reproduce at the sparse positions
+                  dense:Tensor, # (N, K) float32 dense part D as dequantized
+                  mask:Tensor, # (N, K) bool sparse positions
+                 )->Tensor: # (N, K) fp16: fp16(target - D) at mask, 0 elsewhere
+    "The additive sparse values $\\mathrm{fp16}(w - D)$ at `mask`; $D + S$ (float32) then stands for $w$."
+    if mask.shape != target.shape or dense.shape != target.shape or mask.dtype != torch.bool:
+        raise ValueError(f"target, dense and a bool mask must share one shape, got {tuple(target.shape)}, {tuple(dense.shape)}, {mask.dtype} {tuple(mask.shape)}")
+    S = torch.where(mask, target.float() - dense.float(), 0.0).to(torch.float16)
+    if not torch.isfinite(S).all(): raise ValueError("a sparse value w - D is beyond fp16's range (65504)")
+    return S
+
+def pack_sparse(values:Tensor, # (N, K) sparse values (fp16 numbers) — only those at `mask` are stored
+                mask:Tensor, # (N, K) bool, the sparse positions
+               )->dict: # {'sparse_crow': int32 (N+1,), 'sparse_col': int16/int32 (nnz,), 'sparse_val': fp16 (nnz,)}
+    "CSR tensors of a sparse part: rows in order, columns ascending; int16 column indices (bit pattern) while K <= 65536."
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.ndim != 2: raise ValueError("mask must be a 2-D bool tensor")
+    _check_shape2(values, tuple(mask.shape), 'sparse values')
+    N, K = mask.shape
+    crow = torch.zeros(N + 1, dtype=torch.int64, device=mask.device)
+    crow[1:] = mask.sum(1).cumsum(0)
+    if int(crow[-1]) >= 2**31: raise ValueError(f"{int(crow[-1])} sparse entries do not fit int32 row pointers")
+    col = mask.nonzero()[:, 1]                                       # row-major: rows in order, columns ascending
+    col = (col - 65536 * (col >= 32768)).to(torch.int16) if K <= 65536 else col.to(torch.int32)
+    return dict(sparse_crow=crow.to(torch.int32), sparse_col=col, sparse_val=_fp16_exact(values[mask], 'sparse values'))
+
+def with_sparse(pw:PackedWeight, # a packed dense part (no sparse part yet)
+                values:Tensor, # (N, K) sparse values, fp16 numbers
+                mask:Tensor, # (N, K) bool, the sparse positions
+               )->PackedWeight: # the same dense part plus the sparse part (unchanged when the mask is empty)
+    "Add a sparse part $S$ to a packed weight, $\\hat W = D + S$."
+    if any(n in pw.tensors for n in SPARSE_TENSORS): raise ValueError("the packed weight already has a sparse part")
+    _check_shape2(mask, pw.shape, 'mask')
+    if not mask.any(): return PackedWeight(dict(pw.config), dict(pw.tensors))
+    return PackedWeight(dict(pw.config), {**pw.tensors, **pack_sparse(values, mask)})
+
+def packed_summary(packed:dict, # layer name -> PackedWeight
+                  )->dict: # bytes, weights, bits_per_weight (stored), paper_bits_per_weight, nnz
+    "Totals over a model's packed layers: stored bytes and bits per weight, and the papers' convention beside them."
+    if not packed: raise ValueError("no packed layers")
+    n = sum(p.shape[0] * p.shape[1] for p in packed.values())
+    nbytes = sum(p.nbytes() for p in packed.values())
+    paper = sum(paper_bits_per_weight(p) * p.shape[0] * p.shape[1] for p in packed.values())
+    return dict(bytes=nbytes, weights=n, bits_per_weight=8 * nbytes / n, paper_bits_per_weight=paper / n,
+                nnz=sum(p.nnz for p in packed.values()))

@@ -14,8 +14,9 @@ from torch import Tensor
 from .core import check_finite
 
 # %% auto #0
-__all__ = ['QuantSpec', 'num_groups', 'group_bounds', 'QuantParams', 'find_params', 'quantize_codes', 'dequantize_codes',
-           'QuantizedTensor', 'quantize', 'dequantize', 'rtn', 'storage_bits', 'bits_per_weight', 'rtn_triton']
+__all__ = ['FP16_TINY', 'QuantSpec', 'num_groups', 'group_bounds', 'QuantParams', 'fp16_round', 'fp16_floor', 'find_params',
+           'quantize_codes', 'dequantize_codes', 'QuantizedTensor', 'quantize', 'dequantize', 'rtn', 'storage_bits',
+           'bits_per_weight', 'rtn_triton']
 
 # %% ../nbs/00_quant.ipynb #a031c0f6
 # Without a GPU, Triton kernels run in its interpreter; the switch is read when a kernel is decorated, so set it first.
@@ -75,9 +76,11 @@ def group_bounds(d_col:int, # columns in a row
 
 # %% ../nbs/00_quant.ipynb #66db4455
 class QuantParams(NamedTuple):
-    "Per-group grid parameters, each (d_row, n_groups)."
-    scale:Tensor # grid step $s$
-    zero:Tensor # zero point $z$: real-valued on the min–max grid, integer-valued on GPTQ's grids
+    "Per-group grid parameters as stored, each (d_row, n_groups): fp16 values held in float32 (float64 for float64 W)."
+    scale:Tensor # grid step $s$, an fp16 value
+    zero:Tensor # GPTQ's grids: the integer zero point $z$ (code of 0); min–max grid: the fp16 value $m$ of code 0
+
+FP16_TINY = 2.0**-24 # smallest positive fp16 (subnormal): the smallest scale stored
 
 def _check_weight(W, name='W'):
     "Raise a clear ValueError unless `W` is a finite floating 2-D tensor."
@@ -102,58 +105,91 @@ def _ungrouped(Wg, d_col):
     W = Wg.reshape(Wg.shape[0], -1)
     return W if W.shape[1] == d_col else W[:, :d_col].contiguous()
 
-def _params_from_range(wmin, wmax, spec):
-    "Scale and zero of each group from its min and max: GPTQ's `find_params` (integer zero or sym), or the min–max grid."
+def fp16_round(x:Tensor)->Tensor:
+    "`x` rounded to the nearest fp16 (through float32), in x's dtype."
+    return x.to(torch.float32).to(torch.float16).to(x.dtype)
+
+def fp16_floor(x:Tensor)->Tensor:
+    "The largest fp16 value $\\le x$, in x's dtype (-inf below fp16's range; +0, never -0)."
+    h = x.to(torch.float16)  # either neighbour of x on the fp16 grid
+    b = h.view(torch.int16)
+    down = torch.where(h > 0, b - 1, torch.where(h == 0, torch.full_like(b, -32767), b + 1))  # one fp16 step towards -inf (-32767: -2**-24)
+    f = torch.where(h.to(x.dtype) > x, down, b).view(torch.float16).to(x.dtype)
+    return torch.where(f == 0, 0.0, f)  # -0 (the floor of -0) stored as +0
+
+def _stored_scale(scale, name):
+    "Scales as stored: fp16, at least the smallest fp16 subnormal; a scale beyond fp16's range is refused."
+    s = fp16_round(scale).clamp_min_(FP16_TINY)
+    if torch.isinf(s).any():
+        raise ValueError(f"{name}: a group's scale {scale.max().item():.6g} is beyond fp16's range (65504): its weights span too wide a range to store")
+    return s
+
+def _params_from_range(wmin, wmax, spec, name='W'):
+    "Stored scale and zero (or min) of each group from its min and max: GPTQ's `find_params` (integer zero or sym), or the min–max grid."
     mq = torch.full_like(wmax, spec.maxq)  # a tensor divisor: true division on every device (CUDA multiplies by a scalar's reciprocal)
-    if not spec.int_zero:  # min–max grid, real zero (a symmetric spec always has int_zero)
-        scale = (wmax - wmin) / mq
-        scale = torch.where(scale == 0, 1.0, scale)  # constant group: s = 1, z = -xmin reconstructs it exactly
-        return QuantParams(scale, (0.0 - wmin) / scale)  # 0 - x: no -0.0
+    if not spec.int_zero:  # min–max grid: m = largest fp16 <= min, then s from the range above m
+        m = fp16_floor(wmin)
+        if torch.isinf(m).any(): raise ValueError(f"{name}: a group's minimum {wmin.min().item():.6g} is below fp16's range (-65504)")
+        scale = (wmax - m) / mq
+        scale = torch.where(scale == 0, 1.0, scale)  # constant fp16 group: s = 1, every code 0 stands for m exactly
+        return QuantParams(_stored_scale(scale, name), m)
     xmin, xmax = torch.clamp(wmin, max=0), torch.clamp(wmax, min=0)
     if spec.sym:
         xmax = torch.maximum(xmin.abs(), xmax)
         xmin = torch.where(xmin < 0, -xmax, xmin)
     deg = (xmax - xmin) / mq == 0
     xmin, xmax = torch.where(deg, -1.0, xmin), torch.where(deg, 1.0, xmax)
-    scale = (xmax - xmin) / mq
-    zero = torch.full_like(scale, (spec.maxq + 1) // 2) if spec.sym else torch.round((0.0 - xmin) / scale)
+    scale = _stored_scale((xmax - xmin) / mq, name)
+    zero = torch.full_like(scale, (spec.maxq + 1) // 2) if spec.sym else ((0.0 - xmin) / scale).clamp_(0, spec.maxq).round_()
     return QuantParams(scale, zero)
 
 def find_params(W:Tensor, # (d_row, d_col) weight
-                spec:QuantSpec # the grid
-               )->QuantParams: # (scale, zero), each (d_row, n_groups), float32 (float64 for float64 W)
-    "Scale and zero point of every group on `spec`'s grid (GPTQ's `Quantizer.find_params`, or min–max)."
-    _check_weight(W)
+                spec:QuantSpec, # the grid
+                name:str='W', # what to call W in messages (e.g. the layer)
+               )->QuantParams: # (scale, zero or min), each (d_row, n_groups), fp16 values in float32 (float64 for float64 W)
+    "Scale and zero point (min–max grid: min) of every group on `spec`'s grid, as stored (GPTQ's `Quantizer.find_params`, or min–max)."
+    _check_weight(W, name)
     with torch.no_grad():
         Wg = _grouped(W.to(_compute_dtype(W)), spec.group_size)
-        return _params_from_range(Wg.amin(-1), Wg.amax(-1), spec)
+        return _params_from_range(Wg.amin(-1), Wg.amax(-1), spec, name)
 
 # %% ../nbs/00_quant.ipynb #b52601eb
+def _inplace_ok(x, *others): return torch.broadcast_shapes(x.shape, *(o.shape for o in others)) == x.shape
+
 def quantize_codes(W:Tensor, # weights, e.g. (d_row, k) columns
                    scale:Tensor, # grid step, broadcasting with W, e.g. (d_row, 1)
-                   zero:Tensor, # zero point like scale; may be real-valued (min–max grid) or integer-valued (GPTQ's)
-                   maxq:int # largest code, 2**bits - 1
+                   zero:Tensor, # integer zero point like scale (GPTQ's grids), or the min $m$ (min–max grid)
+                   maxq:int, # largest code, 2**bits - 1
+                   minmax:bool=False, # `zero` is the min–max grid's $m$: codes $\lfloor (w-m)/s \rceil$
                   )->Tensor: # integer-valued float codes in [0, maxq]
-    "Codes $\\mathrm{clamp}(\\lfloor w/s + z\\rceil, 0, q_{max})$, rounding half to even; `zero` may be real-valued."
-    q = torch.div(W, scale)
-    q = q.add_(zero) if torch.broadcast_shapes(q.shape, zero.shape) == q.shape else q + zero  # in place on the fresh quotient
+    "Codes $\\mathrm{clamp}(\\lfloor w/s + z\\rceil, 0, q_{max})$ (min–max: $\\lfloor (w - m)/s\\rceil$), rounding half to even."
+    if minmax:
+        q = W - zero
+        q = q.div_(scale) if _inplace_ok(q, scale) else q / scale
+    else:
+        q = torch.div(W, scale)
+        q = q.add_(zero) if _inplace_ok(q, zero) else q + zero  # in place on the fresh quotient
     return q.clamp_(0, maxq).round_()  # clamp first: the same codes, and never a negative zero (round(-0.3) is -0.0)
 
 def dequantize_codes(codes:Tensor, # codes (float or integer dtype), broadcasting with scale
                      scale:Tensor, # grid step
-                     zero:Tensor # zero point (real- or integer-valued)
-                    )->Tensor: # $s\,(q - z)$ in scale's dtype
-    "Values $s\\,(q - z)$ that the codes stand for."
+                     zero:Tensor, # integer zero point, or the min $m$ (min–max grid)
+                     minmax:bool=False, # `zero` is the min–max grid's $m$: values $s\,q + m$
+                    )->Tensor: # $s\,(q - z)$ or $s\,q + m$ in scale's dtype
+    "Values $s\\,(q - z)$ (min–max grid: $s\\,q + m$) that the codes stand for."
+    if minmax:
+        x = codes.to(scale.dtype) * scale  # a fresh tensor (codes may already be in scale's dtype)
+        return x.add_(zero) if _inplace_ok(x, zero) else x + zero
     x = codes.to(scale.dtype) - zero
-    return x.mul_(scale) if torch.broadcast_shapes(x.shape, scale.shape) == x.shape else scale * x
+    return x.mul_(scale) if _inplace_ok(x, scale) else scale * x
 
 # %% ../nbs/00_quant.ipynb #69109ab8
 @dataclass
 class QuantizedTensor:
     "A quantized weight: integer codes plus per-group scales and zeros."
     codes:Tensor # (d_row, d_col) uint8 codes in [0, spec.maxq]
-    scale:Tensor # (d_row, n_groups) grid steps
-    zero:Tensor # (d_row, n_groups) zero points (real-valued on the min–max grid)
+    scale:Tensor # (d_row, n_groups) grid steps (fp16 values)
+    zero:Tensor # (d_row, n_groups) integer zero points, or the min–max grid's fp16 mins $m$
     spec:QuantSpec # the grid
     shape:tuple # (d_row, d_col) of the weight
     dtype:torch.dtype=torch.float32 # dtype `dequantize` returns (the original weight's)
@@ -171,30 +207,34 @@ class QuantizedTensor:
         return dequantize(self)
 
 def quantize(W:Tensor, # (d_row, d_col) weight
-             spec:QuantSpec # the grid
-            )->QuantizedTensor: # uint8 codes with per-group scale and zero
+             spec:QuantSpec, # the grid
+             name:str='W', # what to call W in messages (e.g. the layer)
+            )->QuantizedTensor: # uint8 codes with per-group scale and zero (or min)
     "Quantize `W` to integer codes on `spec`'s grid, round to nearest."
-    scale, zero = find_params(W, spec)
+    scale, zero = find_params(W, spec, name)
     with torch.no_grad():
-        codes = quantize_codes(_grouped(W.to(scale.dtype), spec.group_size), scale[..., None], zero[..., None], spec.maxq)
+        codes = quantize_codes(_grouped(W.to(scale.dtype), spec.group_size), scale[..., None], zero[..., None], spec.maxq,
+                               not spec.int_zero)
     return QuantizedTensor(_ungrouped(codes, W.shape[1]).to(torch.uint8), scale, zero, spec, tuple(W.shape), W.dtype)
 
 def dequantize(qt:QuantizedTensor # codes, scales and zeros
               )->Tensor: # (d_row, d_col) weights in `qt.dtype`
-    "Weights $s\\,(q - z)$ of a `QuantizedTensor`."
+    "Weights $s\\,(q - z)$ (min–max grid: $s\\,q + m$) of a `QuantizedTensor`."
     Cg = _grouped(qt.codes, qt.spec.group_size)
-    return _ungrouped(dequantize_codes(Cg, qt.scale[..., None], qt.zero[..., None]), qt.shape[1]).to(qt.dtype)
+    D = dequantize_codes(Cg, qt.scale[..., None], qt.zero[..., None], not qt.spec.int_zero)
+    return _ungrouped(D, qt.shape[1]).to(qt.dtype)
 
 def rtn(W:Tensor, # (d_row, d_col) weight
-        spec:QuantSpec # the grid
+        spec:QuantSpec, # the grid
+        name:str='W', # what to call W in messages (e.g. the layer)
        )->Tensor: # quantize-dequantized weight, same shape and dtype as W
     "Round-to-nearest quantize-dequantize on `spec`'s grid (equal to `dequantize(quantize(W, spec))`)."
-    _check_weight(W)
+    _check_weight(W, name)
     with torch.no_grad():
         Wg = _grouped(W.to(_compute_dtype(W)), spec.group_size)
-        scale, zero = _params_from_range(Wg.amin(-1), Wg.amax(-1), spec)
-        s, z = scale[..., None], zero[..., None]
-        return _ungrouped(dequantize_codes(quantize_codes(Wg, s, z, spec.maxq), s, z), W.shape[1]).to(W.dtype)
+        scale, zero = _params_from_range(Wg.amin(-1), Wg.amax(-1), spec, name)
+        s, z, mm = scale[..., None], zero[..., None], not spec.int_zero
+        return _ungrouped(dequantize_codes(quantize_codes(Wg, s, z, spec.maxq, mm), s, z, mm), W.shape[1]).to(W.dtype)
 
 # %% ../nbs/00_quant.ipynb #b9dc8654
 def _check_shape(shape):
@@ -245,7 +285,22 @@ def _div(a, b, F64: tl.constexpr):
         return tl.math.div_rn(a, b)
 
 @triton.jit
-def _rtn_kernel(W, Q, S, Z,                 # pointers: weight in, quantize-dequantized out, scale out, zero out
+def _fp16_scale(s, F64: tl.constexpr):
+    # the stored scale: rounded to fp16 through float32, at least the smallest fp16 subnormal 2**-24 (inf stays inf)
+    r = s.to(tl.float32).to(tl.float16).to(tl.float64 if F64 else tl.float32)
+    return tl.maximum(r, 5.9604644775390625e-08)
+
+@triton.jit
+def _fp16_floor(x, F64: tl.constexpr):
+    # the largest fp16 <= x: convert (either neighbour), step one fp16 down on the bits where that overshot
+    h = x.to(tl.float16)
+    b = h.to(tl.int16, bitcast=True).to(tl.int32)
+    down = tl.where(h > 0.0, b - 1, tl.where(h == 0.0, -32767, b + 1))
+    f = tl.where(h.to(x.dtype) > x, down, b).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float64 if F64 else tl.float32)
+    return tl.where(f == 0.0, 0.0, f)  # -0 stored as +0
+
+@triton.jit
+def _rtn_kernel(W, Q, S, Z,                 # pointers: weight in, quantize-dequantized out, scale out, zero (min–max: min) out
                 d_row, d_col, n_groups,      # sizes: rows, columns, groups per row
                 GROUP: tl.constexpr,         # columns per group (d_col for per-channel)
                 BLOCK_R: tl.constexpr,       # rows per program (power of 2)
@@ -278,18 +333,22 @@ def _rtn_kernel(W, Q, S, Z,                 # pointers: weight in, quantize-dequ
         deg = _div(xmax - xmin, maxq, F64) == 0.0
         xmin = tl.where(deg, -1.0, xmin)
         xmax = tl.where(deg, 1.0, xmax)
-        scale = _div(xmax - xmin, maxq, F64)
+        scale = _fp16_scale(_div(xmax - xmin, maxq, F64), F64)
         if SYM:
             zero = tl.full([BLOCK_R], (MAXQ + 1) // 2, w.dtype)
         else:
-            zero = _round_half_even(_div(0.0 - xmin, scale, F64))
-    else:  # min–max grid: the group's own range, real zero; a constant group gets s = 1, z = -xmin
-        scale = _div(wmax - wmin, maxq, F64)
-        scale = tl.where(scale == 0.0, 1.0, scale)
-        zero = _div(0.0 - wmin, scale, F64)
-    q = _div(w, scale[:, None], F64) + zero[:, None]
+            zero = _round_half_even(tl.minimum(tl.maximum(_div(0.0 - xmin, scale, F64), 0.0), MAXQ))
+        q = _div(w, scale[:, None], F64) + zero[:, None]
+    else:  # min–max grid: m = largest fp16 <= min, s from the range above m; a constant fp16 group gets s = 1
+        zero = _fp16_floor(wmin, F64)
+        scale = _div(wmax - zero, maxq, F64)
+        scale = _fp16_scale(tl.where(scale == 0.0, 1.0, scale), F64)
+        q = _div(w - zero[:, None], scale[:, None], F64)
     q = _round_half_even(tl.minimum(tl.maximum(q, 0.0), MAXQ))  # clamp, then round, as `quantize_codes`
-    out = scale[:, None] * (q - zero[:, None])
+    if INT_ZERO:
+        out = scale[:, None] * (q - zero[:, None])
+    else:
+        out = scale[:, None] * q + zero[:, None]  # s*q is exact (11 x 8 bits): a fused multiply-add gives the same
     if OUT_BF16:  # float32 -> bfloat16 round-half-even on the bits, as torch does (the interpreter's cast truncates)
         b = out.to(tl.float32).to(tl.uint32, bitcast=True)
         b = (b + (0x7FFF + ((b >> 16) & 1))) >> 16
@@ -306,10 +365,11 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def rtn_triton(W:Tensor, # (d_row, d_col) contiguous float32/float16/bfloat16/float64 weight on a CUDA device (any device when interpreted)
                spec:QuantSpec, # the grid
                block_rows:int|None=None, # rows per program, a power of 2; None: about 4096 elements per program
-               return_params:bool=False # also return the (scale, zero) the kernel computed
+               return_params:bool=False, # also return the (scale, zero or min) the kernel computed
+               name:str='W', # what to call W in messages (e.g. the layer)
               )->Tensor|tuple[Tensor,QuantParams]: # quantize-dequantized weight like W; with return_params, (Q, (scale, zero))
     "Fused Triton quantize-dequantize on `spec`'s grid, bit-exact with `rtn`."
-    _check_weight(W)
+    _check_weight(W, name)
     if not W.is_contiguous(): raise ValueError("W must be contiguous (call .contiguous() first)")
     if W.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64): raise ValueError(f"unsupported dtype {W.dtype}")
     if not _INTERPRET and W.device.type != "cuda":
@@ -329,4 +389,6 @@ def rtn_triton(W:Tensor, # (d_row, d_col) contiguous float32/float16/bfloat16/fl
     _rtn_kernel[grid](W, Q.view(torch.int16) if bf16 else Q, S, Z, d_row, d_col, n, GROUP=G, BLOCK_R=block_rows,
                       BLOCK_G=BLOCK_G, MAXQ=spec.maxq, SYM=spec.sym, INT_ZERO=spec.int_zero,
                       F64=cd == torch.float64, OUT_BF16=bf16, num_warps=num_warps)
+    if not (torch.isfinite(S).all() and torch.isfinite(Z).all()):  # a statistic beyond fp16's range: refused, as by `find_params`
+        find_params(W, spec, name)
     return (Q, QuantParams(S, Z)) if return_params else Q

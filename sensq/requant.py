@@ -13,6 +13,7 @@ from .quant import QuantSpec
 from .models import linear_layers
 from .taylor import calib_loss, fisher_diagonal
 from .dense_sparse import DenseSparseTensor, dense_sparse_from, ds_bits, write_weight
+from .pack import packed_summary
 from .squeezellm import iqr_scores, topk_mask, n_of, squeezellm_layer
 from .gwq import gptq_keep_quantize
 from .gptq import sequential_quantize
@@ -80,8 +81,8 @@ class GPTQBase:
     def __init__(self, spec:QuantSpec, blocksize:int=128, percdamp:float=0.01, act_order:bool=False):
         self.spec, self.blocksize, self.percdamp, self.act_order = spec, blocksize, percdamp, act_order
     def quantize(self, name, W, mask, H):
-        r, vals = gptq_keep_quantize(W, H, self.spec, mask, self.blocksize, self.percdamp, self.act_order, name=name)
-        return dense_sparse_from(W, mask, r, values=vals)
+        r, S = gptq_keep_quantize(W, H, self.spec, mask, self.blocksize, self.percdamp, self.act_order, name=name)
+        return dense_sparse_from(W, mask, r, sparse=S)
     def objective(self, name, W, What, H):
         dW = (W.double() - What.double())
         return float(((dW @ H.double()) * dW).sum())
@@ -203,6 +204,7 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
                            base_kw:dict|None=None, # extra arguments of the base (k-means or GPTQ options)
                            curves:dict|None=None, # Algorithm 1 curves of an earlier run with the same base (its stats['curves'])
                            return_tensors:bool=False, # add the `DenseSparseTensor`s under 'tensors'
+                           pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
                           ) -> dict:
     "ReQuant on a base quantizer: adaptive outliers (Alg. 1), re-quantization, PQI-guided detach (Alg. 2); in place."
     if base not in REQUANT_BASES: raise ValueError(f"unknown ReQuant base {base!r}; choose one of {REQUANT_BASES}")
@@ -291,15 +293,13 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
             if track_loss: info['loss'] = losses[f'step{s + 1}'] = calib_loss(model, calib_pqi)
             step_stats.append(info)
         times['alg2'] = sum(x['seconds'] for x in step_stats)
-    per_layer = {}
-    for k in names:
-        b = ds_bits(ds[k])
-        per_layer[k] = dict(bits=b['total'], numel=b['n'], outliers=alloc[k], nnz=ds[k].nnz,
-                            bits_csr32=ds_bits(ds[k], 'csr32')['total'])
-    bits, numel = sum(v['bits'] for v in per_layer.values()), sum(v['numel'] for v in per_layer.values())
+    packed = {k: ds[k].packed() for k in names}
+    per_layer = {k: dict(bits=8 * packed[k].nbytes(), numel=ds[k].shape[0] * ds[k].shape[1], outliers=alloc[k], nnz=ds[k].nnz)
+                 for k in names}
+    summ = packed_summary(packed)
     pqi_secs = [x['pqi_seconds'] for x in step_stats if 'pqi_seconds' in x]
-    out = dict(method='requant', base=base, spec=str(spec), bits_per_weight=bits / numel,
-               bits_per_weight_csr32=sum(v['bits_csr32'] for v in per_layer.values()) / numel,
+    out = dict(method='requant', base=base, spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
+               paper_bits_per_weight=summ['paper_bits_per_weight'],
                seconds=t_all.seconds, n_layers=len(names), outliers=outliers, significant=significant, steps=steps,
                n_outliers=sum(alloc.values()), n_significant=sum(x['selected'] for x in step_stats),
                outlier_alloc=outlier_alloc, selection=selection, detach_scope=detach_scope, grid=list(grid), lookahead=lookahead,
@@ -307,4 +307,5 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
                steps_detail=step_stats, cost_in_pqi=(t_all.seconds / (sum(pqi_secs) / len(pqi_secs)) if pqi_secs else None),
                layers=per_layer, **({'losses': losses} if track_loss else {}), **st)
     if return_tensors: out['tensors'] = ds
+    if pack: out['packed'] = packed
     return out

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 import torch
 from torch import Tensor, nn
-from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_codes, dequantize_codes
+from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_codes, dequantize_codes, rtn
 from .hessian import inverse_cholesky
 from .gptq import (check_weight_hessian, prepare_layer, act_order_permutation, gptq_block_loop, gidx_bits, sequential_quantize)
+from .pack import PackedWeight, SecondLevel, pack_uniform, with_sparse, grid_of, packed_summary, paper_bits_per_weight
 
 # %% auto #0
 __all__ = ['logger', 'quantize_stats', 'dequantize_stats', 'outlier_scale', 'leave_one_out_gain', 'SpQRGroupFit',
@@ -29,11 +30,10 @@ def quantize_stats(v:Tensor, # (d_row,) first-level statistics of one column gro
     n = v.shape[0]
     chunks = -(-n // groupsize)
     vp = torch.cat([v, v[-1:].expand(chunks * groupsize - n)]).reshape(chunks, groupsize)  # pad by repetition: min/max unchanged
-    s2, z2 = find_params(vp, QuantSpec(bits, None, int_zero=False))  # min–max, real zero
-    params = torch.cat([s2, z2], 1).to(torch.float16)
-    s2, z2 = params[:, 0:1].to(v.dtype), params[:, 1:2].to(v.dtype)
-    codes = quantize_codes(vp, s2, z2, 2**bits - 1)
-    vals = dequantize_codes(codes, s2, z2).reshape(-1)[:n]
+    s2, m2 = find_params(vp, QuantSpec(bits, None, int_zero=False))  # min–max: fp16 step and fp16 value of code 0
+    params = torch.cat([s2, m2], 1).to(torch.float16)                  # exact: both are fp16 values
+    codes = quantize_codes(vp, s2, m2, 2**bits - 1, minmax=True)
+    vals = dequantize_codes(codes, s2, m2, minmax=True).reshape(-1)[:n]
     return codes.reshape(-1)[:n].to(torch.uint8), params, vals
 
 def dequantize_stats(codes:Tensor, # (d_row,) uint8 second-level codes
@@ -44,7 +44,7 @@ def dequantize_stats(codes:Tensor, # (d_row,) uint8 second-level codes
     "Rebuild statistics from their stored second-level form (inverse of `quantize_stats`)."
     rep = torch.arange(codes.shape[0], device=codes.device) // groupsize
     p = params.to(dtype)[rep]
-    return dequantize_codes(codes, p[:, 0], p[:, 1])
+    return dequantize_codes(codes, p[:, 0], p[:, 1], minmax=True)
 
 # %% ../nbs/21_spqr.ipynb #1d6b2ea6
 def outlier_scale(W:Tensor, # (d_row, d_col) weight (processing order, dead columns zeroed)
@@ -65,7 +65,7 @@ def leave_one_out_gain(Wg:Tensor, # (d_row, k) weights of one group, k >= 2
     idx = torch.arange(k, device=Wg.device)
     loo = idx[1:] - (idx[:, None] >= idx[1:]).to(idx.dtype)        # (k, k-1): the other columns, for each left-out one
     data = Wg[:, loo].flatten(0, 1)                                  # (d_row*k, k-1)
-    rtn_ = lambda x: dequantize_codes(quantize_codes(x, *(p := find_params(x, spec)), spec.maxq), *p)
+    rtn_ = lambda x: rtn(x, spec)
     loo_err = ((rtn_(data) - data).reshape(d_row, k, k - 1) / d[loo]).square().sum(-1)
     return ((rtn_(Wg) - Wg) / d).square().sum(1, keepdim=True) - loo_err
 
@@ -81,6 +81,7 @@ class SpQRGroupFit:
     Ud:Tensor|None=None # (d_col,) U_jj in processing order, for the leave-one-out gain
     max_loo_group:int=256 # larger groups skip leave-one-out (its cost grows with k²)
     stored:dict=field(default_factory=dict) # group start -> stored statistics
+    name:str='layer' # for messages
 
     @property
     def quantize_zero(self) -> bool:
@@ -97,7 +98,7 @@ class SpQRGroupFit:
             keep = (~likely).to(Wg.dtype)
             mean = (Wg * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
             Wg = torch.where(likely, mean, Wg)
-        s, z = find_params(Wg, dataclasses.replace(self.spec, group_size=None))
+        s, z = find_params(Wg, dataclasses.replace(self.spec, group_size=None), self.name)
         s, z = s[:, 0], z[:, 0]
         st = {}
         if self.qq_scale_bits is not None:
@@ -131,14 +132,14 @@ def spqr_storage_bits(shape:tuple, # (d_row, d_col)
 class SpQRResult:
     "An SpQR-quantized layer: reconstruction = dense + sparse, the stored parts, diagnostics."
     Q:Tensor # (d_row, d_col) reconstructed weights (= dense + sparse), W's dtype
-    dense:Tensor # (d_row, d_col) dequantized dense part, exactly 0 at outlier positions
-    sparse:Tensor # (d_row, d_col) torch sparse CSR, fp16 outlier values
+    dense:Tensor # (d_row, d_col) dequantized dense part D: every code's value, outlier positions included
+    sparse:Tensor # (d_row, d_col) torch sparse CSR, fp16 additive outlier values fp16(w - D)
     codes:Tensor # (d_row, d_col) uint8 dense codes, original column order
     scale:Tensor # (d_row, n_groups) first-level scales as used (after second-level quantization)
-    zero:Tensor # (d_row, n_groups) first-level zeros as used
+    zero:Tensor # (d_row, n_groups) first-level zeros (min–max grid: mins) as used
     g_idx:Tensor # (d_col,) long: group of each original column
     perm:Tensor|None # act-order permutation or None
-    stored:dict # 'scale_codes'/'zero_codes' (d_row, G) uint8 and 'scale_qq'/'zero_qq' (G, C, 2) fp16, when quantized
+    stored:dict # 'scale_codes'/'zero_codes' (d_row, G) uint8 and 'scale_qq'/'zero_qq' (G, C, 2) fp16 (step, min), when quantized
     outliers:Tensor # (d_row, d_col) bool mask of the sparse entries
     losses:Tensor # (d_row, d_col) OBS losses e² (original order); sum = tr(ΔW H_damped ΔWᵀ)
     threshold:float # τ · outlier_scale
@@ -149,44 +150,43 @@ class SpQRResult:
     config:dict # tau, qq_scale_bits, qq_zero_bits, qq_groupsize, act_order, percdamp, simplified_outliers
 
     @property
-    def n_outliers(self) -> int: return int(self.sparse._nnz())
+    def n_outliers(self) -> int: return int(self.outliers.sum())
+
+    def _second(self, k:str) -> SecondLevel|None:
+        "The stored second level of 'scale' or 'zero' as a `sensq.pack.SecondLevel`, or None."
+        if f'{k}_codes' not in self.stored: return None
+        qq = self.stored[f'{k}_qq']                          # (G, C, 2): step, min
+        return SecondLevel(self.stored[f'{k}_codes'], qq[..., 0].T, qq[..., 1].T, self.config[f'qq_{k}_bits'], self.config['qq_groupsize'])
 
     def dequantize_dense(self) -> Tensor:
         "Rebuild the dense part from the stored codes and (second-level) statistics alone."
-        c = self.config
-        d_row = self.codes.shape[0]
-        cols = []
-        for g in range(self.scale.shape[1]):
-            s = (dequantize_stats(self.stored['scale_codes'][:, g], self.stored['scale_qq'][g], c['qq_groupsize'], self.scale.dtype)
-                 if 'scale_codes' in self.stored else self.scale[:, g])
-            z = (dequantize_stats(self.stored['zero_codes'][:, g], self.stored['zero_qq'][g], c['qq_groupsize'], self.zero.dtype)
-                 if 'zero_codes' in self.stored else self.zero[:, g])
-            cols.append((s, z))
-        S = torch.stack([s for s, z in cols], 1); Z = torch.stack([z for s, z in cols], 1)
-        idx = self.g_idx.to(S.device).expand(d_row, -1)
-        D = dequantize_codes(self.codes, S.gather(1, idx), Z.gather(1, idx))
-        return D.masked_fill(self.outliers, 0).to(self.Q.dtype)
+        sl, zl = self._second('scale'), self._second('zero')
+        S = self.scale if sl is None else sl.values().to(self.scale.dtype)
+        Z = self.zero if zl is None else zl.values().to(self.zero.dtype)
+        idx = self.g_idx.to(S.device).expand(self.codes.shape[0], -1)
+        return dequantize_codes(self.codes, S.gather(1, idx), Z.gather(1, idx), not self.spec.int_zero).to(self.Q.dtype)
 
-    def count_bits(self) -> int:
-        "Stored bits counted from the tensors themselves: codes, statistics, second-level fp16 pairs, sparse entries, g_idx."
-        c, sp = self.config, self.spec
-        total = self.codes.numel() * sp.bits + 48 * self.n_outliers
-        total += (self.stored['scale_codes'].numel() * c['qq_scale_bits'] if 'scale_codes' in self.stored else self.scale.numel() * 16)
-        if 'zero_codes' in self.stored: total += self.stored['zero_codes'].numel() * c['qq_zero_bits']
-        elif not sp.sym: total += self.zero.numel() * (sp.bits if sp.int_zero else 16)
-        total += sum(self.stored[k].numel() * self.stored[k].element_size() * 8 for k in ('scale_qq', 'zero_qq') if k in self.stored)
-        if self.perm is not None: total += gidx_bits(self.g_idx.numel(), self.scale.shape[1])
-        return total
+    def packed(self) -> PackedWeight:
+        "The stored form (`sensq.pack`): codes, first- or second-level statistics, `g_idx` (act-order), the sparse part."
+        sl, zl = self._second('scale'), self._second('zero')
+        pw = pack_uniform(self.codes, self.scale if sl is None else sl, None if self.spec.sym else self.zero if zl is None else zl,
+                          self.spec.bits, self.spec.group_size, grid_of(self.spec), self.g_idx)
+        return with_sparse(pw, self.sparse.to_dense(), self.outliers)
 
     @property
     def storage_bits(self) -> int:
-        "Exact stored bits by the formula (`spqr_storage_bits`)."
-        c = self.config
-        return spqr_storage_bits(tuple(self.codes.shape), self.spec, self.n_outliers, c['qq_scale_bits'], c['qq_zero_bits'],
-                                 c['qq_groupsize'], self.perm is not None)
+        "Stored bits: 8 x the bytes of the packed layer."
+        return 8 * self.packed().nbytes()
 
     @property
     def bits_per_weight(self) -> float: return self.storage_bits / self.codes.numel()
+
+    @property
+    def paper_bits_per_weight(self) -> float:
+        "SpQR's own account (`spqr_storage_bits`: bit widths without padding, minimal `g_idx`, 48 bits per outlier) per weight."
+        c = self.config
+        return spqr_storage_bits(tuple(self.codes.shape), self.spec, self.n_outliers, c['qq_scale_bits'], c['qq_zero_bits'],
+                                 c['qq_groupsize'], self.perm is not None) / self.codes.numel()
 
 # %% ../nbs/21_spqr.ipynb #f9ef6881
 def spqr_quantize(W:Tensor, # (d_row, d_col) weight
@@ -200,7 +200,7 @@ def spqr_quantize(W:Tensor, # (d_row, d_col) weight
                   qq_zero_bits:int|None=3, # second-level bits of the zeros (None: 16-bit zeros)
                   qq_groupsize:int=16, # rows per second-level grid
                   simplified_outliers:bool=False, # skip the leave-one-out masking of likely outliers
-                  outlier_dtype:torch.dtype=torch.float16, # precision of the sparse values
+                  outlier_dtype:torch.dtype=torch.float16, # precision of the sparse values (fp16: what `sensq.pack` stores)
                   name:str='layer', # for messages
                  ) -> SpQRResult:
     "SpQR on one layer: GPTQ's loop with Hessian-aware fp16 outliers and second-level quantized group statistics."
@@ -213,26 +213,30 @@ def spqr_quantize(W:Tensor, # (d_row, d_col) weight
     cdt = Wc.dtype
     U = ic.U.to(cdt)
     threshold = tau * outlier_scale(Wc, U) if tau != math.inf else math.inf
-    fit = SpQRGroupFit(spec, qq_scale_bits, qq_zero_bits, qq_groupsize, math.inf if simplified_outliers else threshold, U.diagonal())
+    fit = SpQRGroupFit(spec, qq_scale_bits, qq_zero_bits, qq_groupsize, math.inf if simplified_outliers else threshold, U.diagonal(), name=name)
     r = gptq_block_loop(Wc, U, spec, blocksize, fit_group=fit, outlier_threshold=threshold, outlier_dtype=outlier_dtype)
     outl = r.outliers if r.outliers is not None else torch.zeros_like(r.codes, dtype=torch.bool)
+    sval = r.sparse if r.sparse is not None else torch.zeros(r.codes.shape, dtype=outlier_dtype, device=r.codes.device)
     Q, codes, losses, g_idx, dead = r.Q, r.codes, r.losses, r.col_group, ic.dead
     if perm is not None:
         inv = torch.argsort(perm)
-        Q, codes, losses, outl, g_idx, dead = Q[:, inv], codes[:, inv], losses[:, inv], outl[:, inv], g_idx[inv.cpu()], dead[inv]
-    Q, outl = Q.contiguous(), outl.contiguous()
+        Q, codes, losses, outl, sval, g_idx, dead = (Q[:, inv], codes[:, inv], losses[:, inv], outl[:, inv], sval[:, inv],
+                                                     g_idx[inv.cpu()], dead[inv])
+    Q, outl, codes = Q.contiguous(), outl.contiguous(), codes.contiguous()
+    crow = torch.zeros(outl.shape[0] + 1, dtype=torch.int64, device=outl.device)
+    crow[1:] = outl.sum(1).cumsum(0)
     with warnings.catch_warnings():                            # torch flags sparse CSR as beta on construction
         warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
-        sparse = torch.where(outl, Q, 0).to(outlier_dtype).to_sparse_csr()
-    dense = Q.masked_fill(outl, 0)
+        sparse = torch.sparse_csr_tensor(crow, outl.nonzero()[:, 1], sval[outl], tuple(outl.shape), check_invariants=False)  # every outlier, even a 0
+    idx = g_idx.to(r.scale.device).expand(codes.shape[0], -1)
+    dense = dequantize_codes(codes, r.scale.gather(1, idx), r.zero.gather(1, idx), not spec.int_zero)  # D, as in the loop
     bounds = group_bounds(W.shape[1], spec.group_size)
     stored = {k: torch.stack([fit.stored[a][k] for a, b in bounds], 1 if k.endswith('codes') else 0)
               for k in ('scale_codes', 'zero_codes', 'scale_qq', 'zero_qq') if k in fit.stored[0]}
     config = dict(tau=tau, qq_scale_bits=qq_scale_bits, qq_zero_bits=qq_zero_bits, qq_groupsize=qq_groupsize,
                   act_order=act_order, percdamp=percdamp, simplified_outliers=simplified_outliers)
-    return SpQRResult((dense + sparse.to_dense().to(cdt)).to(W.dtype), dense.to(W.dtype), sparse, codes.contiguous(),
-                      r.scale, r.zero, g_idx, perm, stored, outl, losses.contiguous(), threshold, ic.percdamp, ic.retries,
-                      dead, spec, config)
+    return SpQRResult(Q.to(W.dtype), dense.to(W.dtype), sparse, codes, r.scale, r.zero, g_idx, perm, stored, outl,
+                      losses.contiguous(), threshold, ic.percdamp, ic.retries, dead, spec, config)
 
 # %% ../nbs/21_spqr.ipynb #0043348e
 def spqr_quantize_model(model:nn.Module, # causal LM, quantized in place
@@ -244,26 +248,31 @@ def spqr_quantize_model(model:nn.Module, # causal LM, quantized in place
                         hessian_fn:Callable|None=None, # provider (model, b, hidden, kwargs, input_ids, names) -> {name: H}
                         true_sequential:bool=False, # stages q/k/v, o, gate/up, down inside each block
                         batch_size:int=8, # sequences per block forward
+                        pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
                         **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, simplified_outliers
                        ) -> dict:
-    "Quantize every selected linear layer SpQR-style, block by block, with a pluggable Hessian; stats incl. exact bpw."
+    "Quantize every selected linear layer SpQR-style, block by block, with a pluggable Hessian; stats with the stored bits per weight."
     if not isinstance(spec, QuantSpec): raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
     bad = set(spqr_params) - {'blocksize', 'percdamp', 'act_order', 'qq_scale_bits', 'qq_zero_bits', 'qq_groupsize',
                               'simplified_outliers', 'outlier_dtype'}
     if bad: raise ValueError(f"unknown SpQR parameter(s) {sorted(bad)}")
-    t0 = time.perf_counter()
+    t0, packed = time.perf_counter(), {}
     def quantize_layer(name, lin, H):
         t = time.perf_counter()
         r = spqr_quantize(lin.weight.data, H, spec, tau, name=name, **spqr_params)
         lin.weight.data.copy_(r.Q)
+        packed[name] = pw = r.packed()
         logger.info("%s: SpQR %s, %d outliers (%.3f%%), %.4f bits/weight", name, spec, r.n_outliers,
-                    100 * r.n_outliers / r.codes.numel(), r.bits_per_weight)
+                    100 * r.n_outliers / r.codes.numel(), pw.bits_per_weight)
         return dict(loss=float(r.losses.sum()), outliers=r.n_outliers, damping=r.damping_used, retries=r.retries,
-                    bits=r.storage_bits, numel=r.codes.numel(), seconds=time.perf_counter() - t)
+                    bits=8 * pw.nbytes(), spqr_bits=r.paper_bits_per_weight * r.codes.numel(), numel=r.codes.numel(),
+                    seconds=time.perf_counter() - t)
     per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress)
-    bits, numel = sum(s['bits'] for s in per_layer.values()), sum(s['numel'] for s in per_layer.values())
+    summ, numel = packed_summary(packed), sum(s['numel'] for s in per_layer.values())
     n_out = sum(s['outliers'] for s in per_layer.values())
-    return dict(method='spqr', spec=str(spec), bits_per_weight=bits / numel, seconds=time.perf_counter() - t0,
-                n_layers=len(per_layer), n_outliers=n_out, outlier_fraction=n_out / numel, tau=tau,
-                retries=sum(s['retries'] for s in per_layer.values()), true_sequential=true_sequential,
-                calib_shape=tuple(calib.shape), params=dict(spqr_params), layers=per_layer)
+    return dict(method='spqr', spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
+                paper_bits_per_weight=summ['paper_bits_per_weight'],
+                spqr_bits_per_weight=sum(s['spqr_bits'] for s in per_layer.values()) / numel,
+                seconds=time.perf_counter() - t0, n_layers=len(per_layer), n_outliers=n_out, outlier_fraction=n_out / numel,
+                tau=tau, retries=sum(s['retries'] for s in per_layer.values()), true_sequential=true_sequential,
+                calib_shape=tuple(calib.shape), params=dict(spqr_params), layers=per_layer, **({'packed': packed} if pack else {}))

@@ -15,6 +15,7 @@ from .models import linear_layers
 from .eval import lm_loss
 from .taylor import fisher_diagonal
 from .dense_sparse import fill_masked, CodebookTensor, DenseSparseTensor, dense_sparse_from, ds_bits, write_weight
+from .pack import packed_summary
 
 logger = logging.getLogger(__name__)
 
@@ -259,17 +260,19 @@ def squeezellm_quantize_model(model:nn.Module, # causal LM, modified in place
                               init:str|tuple[str,...]=('quantile', 'kmeans++'), # k-means start(s)
                               n_iter:int=100, # Lloyd updates
                               seed:int=0, # k-means++ seed
-                              codebook_dtype=torch.float16, # stored centroid type
+                              codebook_dtype=torch.float16, # stored centroid type (the packed format stores fp16)
                               return_tensors:bool=False, # add the `DenseSparseTensor`s under 'tensors'
+                              pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
                              ) -> dict:
     "SqueezeLLM-style Dense-and-Sparse quantization of every selected layer, in place; returns stats."
+    if codebook_dtype != torch.float16: raise ValueError(f"codebook_dtype must be torch.float16, the codebooks' stored type (sensq.pack), got {codebook_dtype}")
     with timer() as t_all:
         lins = linear_layers(model, include=layers)
         with timer() as t_f:
             if fisher is None and calib is not None: fisher = fisher_diagonal(model, calib, list(lins), mode='window', progress=progress)
         weights = {k: check_finite(l.weight.detach().float(), f"{k}.weight") for k, l in lins.items()}
         omask = outlier_masks(weights, outliers, outlier_scope) if outliers > 0 else {k: torch.zeros_like(w, dtype=torch.bool) for k, w in weights.items()}
-        tensors, per_layer, bits, bits_csr, n_w, n_out, n_sens = {}, {}, 0, 0, 0, 0, 0
+        tensors, packed, per_layer, n_out, n_sens = {}, {}, {}, 0, 0
         for name in _bar(list(lins), progress):
             W, fi = weights[name], None if fisher is None else fisher[name]
             mask = omask[name]
@@ -280,14 +283,14 @@ def squeezellm_quantize_model(model:nn.Module, # causal LM, modified in place
             n_out += int(omask[name].sum())
             ds, st = squeezellm_layer(W, fi, spec.bits, mask, init=init, n_iter=n_iter, seed=seed, codebook_dtype=codebook_dtype)
             write_weight(lins[name], ds)
-            b = ds_bits(ds)
-            bits += b['total']; n_w += b['n']; bits_csr += ds_bits(ds, 'csr32')['total']
-            per_layer[name] = dict(bits_per_weight=b['bits_per_weight'], nnz=ds.nnz, objective=st['objective'], rows_rtn=st['rows_rtn'])
+            packed[name] = pw = ds.packed()
+            per_layer[name] = dict(bits_per_weight=pw.bits_per_weight, nnz=ds.nnz, objective=st['objective'], rows_rtn=st['rows_rtn'])
             if return_tensors: tensors[name] = ds
-    out = dict(method='squeezellm', bits_per_weight=bits / n_w, seconds=t_all.seconds, n_layers=len(lins),
+    summ = packed_summary(packed)
+    out = dict(method='squeezellm', bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
+               paper_bits_per_weight=summ['paper_bits_per_weight'], seconds=t_all.seconds, n_layers=len(lins),
                fisher_seconds=t_f.seconds, n_outliers=n_out, n_sensitive=n_sens, bits=spec.bits, group_size_used=None,
-               outliers=outliers, sensitive=sensitive, outlier_scope=outlier_scope,
-               bits_per_weight_csr32=bits_csr / n_w,
-               layers=per_layer)
+               outliers=outliers, sensitive=sensitive, outlier_scope=outlier_scope, layers=per_layer)
     if return_tensors: out['tensors'] = tensors
+    if pack: out['packed'] = packed
     return out

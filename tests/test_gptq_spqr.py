@@ -29,7 +29,8 @@ def obs_bruteforce(W, H, spec, percdamp=0.01):
     bounds = dict(group_bounds(d_col, spec.group_size))
     for j in range(d_col):
         if j in bounds: s, z = find_params(W[:, j:bounds[j]], row)
-        Q[:, j] = dequantize_codes(quantize_codes(W[:, j:j+1], s, z, spec.maxq), s, z)[:, 0]
+        mm = not spec.int_zero
+        Q[:, j] = dequantize_codes(quantize_codes(W[:, j:j+1], s, z, spec.maxq, mm), s, z, mm)[:, 0]
         Hinv = torch.linalg.inv(H[j:, j:])
         W[:, j+1:] -= torch.outer(W[:, j] - Q[:, j], Hinv[0, 1:] / Hinv[0, 0])
     return Q
@@ -90,9 +91,11 @@ def test_gptq_static_groups_use_original_contiguous_groups():
         assert r.g_idx.tolist() == [j // 8 for j in range(20)]
         s, z = find_params(W, spec)                   # static groups: fitted on the original weights
         assert torch.equal(r.scale, s) and torch.equal(r.zero, z)
-        assert r.storage_bits == storage_bits((8, 20), spec)
-        rd = gptq_quantize(W, H, spec, act_order=True)    # dynamic + act-order: g_idx is stored
-        assert rd.storage_bits == storage_bits((8, 20), spec) + 20 * 2
+        row = 8 + 6 + (4 if spec.int_zero else 6)     # bytes per row by hand: 60 code bits in 2 int32 words, 3 fp16 scales,
+        assert r.storage_bits == 8 * 8 * row           # three 3-bit zeros in one word (or 3 fp16 mins); no g_idx
+        assert torch.equal(r.packed().dequantize(), r.Q)
+        rd = gptq_quantize(W, H, spec, act_order=True)    # dynamic + act-order: g_idx is stored, int32 per column
+        assert rd.storage_bits == 8 * (8 * row + 20 * 4) and torch.equal(rd.packed().dequantize(), rd.Q)
 
 
 def test_singular_hessian_retries_and_reports(caplog):
@@ -173,7 +176,7 @@ def test_spqr_defaults_to_its_minmax_grid():
     # the second level is min–max too: statistics far from 0 keep a fine grid (widened to 0 its step would be ~0.14)
     v = torch.linspace(1.0, 1.01, 16)
     codes, params, vals = quantize_stats(v, 3)
-    assert (vals - v).abs().max() < 0.002 and float(params[0, 1]) < -100   # real zero -min/s, far below code 0
+    assert (vals - v).abs().max() < 0.002 and float(params[0, 1]) == 1.0   # stored: the fp16 step and code 0's value, the minimum
 
 
 def test_spqr_outlier_count_falls_as_tau_grows():
@@ -189,8 +192,8 @@ def test_spqr_rule_catches_planted_and_respects_threshold():
     r = spqr_quantize(W, H, SPQR, tau=0.2)
     assert r.outliers[mask].all()
     assert r.losses[~r.outliers].max() <= r.threshold            # a weight left dense passed the rule
-    # a kept weight is the fp16 value of the weight *as updated by the error feedback so far*, close to the planted one
-    assert (r.sparse.to_dense()[mask].float() - W[mask]).abs().max() < 0.05
+    # a kept weight is D + fp16(w - D), w the weight *as updated by the error feedback so far*, close to the planted one
+    assert (r.Q[mask] - W[mask]).abs().max() < 0.05
     obs = lambda Q: torch.trace((W - Q).double() @ H.double() @ (W - Q).double().T).item()
     assert obs(r.Q) < obs(spqr_quantize(W, H, SPQR, tau=math.inf).Q)
 
@@ -203,27 +206,42 @@ def test_spqr_reconstruction_exact_and_bits_counted(kw):
     kw = dict(kw); spec = kw.pop('spec', SPQR)
     r = spqr_quantize(W, H, spec, **kw)
     assert r.sparse.layout == torch.sparse_csr and r.sparse.dtype == torch.float16
-    assert torch.equal(r.Q, r.dense + r.sparse.to_dense().float())
-    assert torch.equal(r.dense[r.outliers], torch.zeros(r.n_outliers))
+    assert torch.equal(r.Q, r.dense + r.sparse.to_dense().float())   # additive: D everywhere, fp16(w - D) at outliers
     assert torch.equal(r.dequantize_dense(), r.dense)            # stored codes + second-level stats suffice
-    assert r.count_bits() == r.storage_bits
+    pk = r.packed()
+    assert torch.equal(pk.dequantize(), r.Q) and pk.nnz == r.n_outliers and r.storage_bits == 8 * pk.nbytes()
 
 
 def test_spqr_bits_by_hand():
     # 20 x 40, groups of 16 -> G = 3 (16, 16, 8); second-level blocks of 16 rows -> C = 2 (16, 4)
     W, X, H, _ = planted(d_row=20, d_col=40, seed=2, k=3)
     r = spqr_quantize(W, H, SPQR, tau=0.2)
-    G, C = 3, 2
-    want = (20 * 40 * 3                 # dense codes, outlier positions included
-            + 20 * G * (3 + 3)          # 3-bit scale and zero codes per row and group
-            + G * C * 2 * (16 + 16)     # fp16 (scale, zero) of the second-level grids, for scales and for zeros
-            + 48 * r.n_outliers         # sparse entries
-            + 40 * 2)                   # g_idx with act-order: ceil(log2 3) = 2 bits per column
-    assert r.storage_bits == want and r.count_bits() == want
+    G, C, n = 3, 2, r.n_outliers
+    stored = (20 * 4 * 4                 # codes: 120 bits per row in 4 int32 words
+              + 2 * (20 * 4 + 2 * C * G * 2)  # scales and mins: three 3-bit codes per row in one word; fp16 step and min per block and group
+              + 40 * 4                   # g_idx (act-order), int32 per column
+              + 21 * 4 + n * (2 + 2))    # CSR: int32 row pointers, int16 column and fp16 value per outlier
+    assert n > 0 and r.storage_bits == 8 * stored and r.packed().nbytes() == stored
+    paper = (20 * 40 * 3 + 20 * G * (3 + 3) + G * C * 2 * (16 + 16) + 48 * n + 40 * 2)  # SpQR's account: bit widths, 48 per outlier, 2-bit g_idx
+    assert r.paper_bits_per_weight == paper / 800
     assert r.stored['scale_codes'].shape == (20, 3) and r.stored['scale_qq'].shape == (3, 2, 2)
     assert spqr_storage_bits((4096, 4096), SPQR, 0, act_order=False) / 4096**2 == 3.625
     # GPTQ's grid: 3-bit integer zeros are stored as they are, with no second level (no fp16 pairs for the zeros)
     assert spqr_storage_bits((20, 40), QuantSpec(3, 16), 0, act_order=False) == 20 * 40 * 3 + 20 * G * (3 + 3) + G * C * 32
+
+
+def test_quantize_stats_close_statistics_do_not_overflow():
+    "Issue 9: 16 statistics agreeing to 1e-4 made SpQR's fp16 zero -min/s overflow to -inf; the stored (step, min) cannot."
+    v = torch.linspace(0.01, 0.010001, 16)
+    codes, params, vals = quantize_stats(v, 3)
+    assert torch.isfinite(params).all() and torch.isfinite(vals).all() and params.dtype == torch.float16
+    assert float(params[0, 1]) <= float(v.min())                  # the min, rounded down to fp16
+    assert ((vals - v).abs() <= params[0, 0].float() / 2 + 4 * 2**-24 * 0.01).all()
+    v2 = torch.cat([torch.rand(16) + 1, torch.full((5,), 3.0)])   # a constant, shorter last block: stored exactly
+    c2, p2, vals2 = quantize_stats(v2, 3)
+    assert torch.equal(vals2[16:], v2[16:]) and p2.shape == (2, 2)
+    bad = v2.clone(); bad[-1] = float('nan')
+    with pytest.raises(ValueError, match='NaN'): quantize_stats(bad, 3)
 
 
 def test_spqr_bad_params():

@@ -13,9 +13,12 @@ KINDS = {"int_zero": {}, "minmax": {"int_zero": False}, "sym": {"sym": True}}  #
 
 
 def rtn_loop(W, bits, group_size, sym=False, int_zero=True):
-    """Independent reference: a Python loop over rows and groups (each sliced out unpadded) in NumPy float32.
-    GPTQ's Quantizer written out by hand (integer zero by default, or sym); the min–max grid with a real zero for int_zero=False."""
+    """Independent reference: a Python loop over rows and groups (each sliced out unpadded) in NumPy float32, the
+    statistics stored in NumPy float16 (scales at least 2**-24). GPTQ's Quantizer written out by hand (integer zero by
+    default, or sym); for int_zero=False the min–max grid stored as llama.cpp's Q4_1: m = the largest float16 <= min,
+    s = fp16((max - m)/maxq), w = s*q + m."""
     W = np.asarray(W, dtype=np.float32); maxq = np.float32(2**bits - 1)
+    f16 = lambda x: max(np.float32(np.float16(x)), np.float32(2**-24))
     Q, S, Z = np.empty_like(W), [], []
     g = W.shape[1] if group_size is None else group_size
     for i in range(W.shape[0]):
@@ -23,18 +26,21 @@ def rtn_loop(W, bits, group_size, sym=False, int_zero=True):
         for a in range(0, W.shape[1], g):
             w = W[i, a:a+g]
             if not int_zero:
-                xmin, xmax = w.min(), w.max()
-                s = (xmax - xmin) / maxq
-                if s == 0: s = np.float32(1)  # constant group: codes 0 stand for xmin
-                z = -xmin / s
-            else:
-                xmin, xmax = min(w.min(), np.float32(0)), max(w.max(), np.float32(0))
-                if sym:
-                    xmax = max(abs(xmin), xmax)
-                    if xmin < 0: xmin = -xmax
-                if (xmax - xmin) / maxq == 0: xmin, xmax = np.float32(-1), np.float32(1)
-                s = (xmax - xmin) / maxq
-                z = np.float32((maxq + 1) / 2) if sym else np.round(-xmin / s)
+                h = np.float16(w.min())
+                m = np.float32(np.nextafter(h, np.float16(-np.inf)) if np.float32(h) > w.min() else h) + np.float32(0)  # never -0
+                s = (w.max() - m) / maxq
+                s = f16(np.float32(1) if s == 0 else s)  # constant fp16 group: codes 0 stand for m
+                q = np.clip(np.round((w - m) / s), 0, maxq) + np.float32(0)
+                Q[i, a:a+g] = s * q + m
+                S[-1].append(s); Z[-1].append(m)
+                continue
+            xmin, xmax = min(w.min(), np.float32(0)), max(w.max(), np.float32(0))
+            if sym:
+                xmax = max(abs(xmin), xmax)
+                if xmin < 0: xmin = -xmax
+            if (xmax - xmin) / maxq == 0: xmin, xmax = np.float32(-1), np.float32(1)
+            s = f16((xmax - xmin) / maxq)
+            z = np.float32((maxq + 1) / 2) if sym else np.clip(np.round(-xmin / s), 0, maxq)
             q = np.clip(np.round(w / s + z), 0, maxq) + np.float32(0)  # + 0: a code 0 is +0 (round(-0.3) is -0.0)
             Q[i, a:a+g] = s * (q - z)
             S[-1].append(s); Z[-1].append(z + np.float32(0))
@@ -85,8 +91,9 @@ def test_groups_are_independent_and_scale_equivariant(seed, grid):
     Q = rtn(W, spec)
     for a, b in group_bounds(W.shape[1], spec.group_size):  # each group quantized alone as a whole row
         assert torch.equal(Q[:, a:b], rtn(W[:, a:b].contiguous(), QuantSpec(spec.bits, None, spec.sym, spec.int_zero)))
-    for c in (0.25, 8.0):  # powers of two scale the grid exactly
-        assert torch.equal(rtn(W * c, spec), Q * c)
+    normal = lambda p: all(((t == 0) | (t.abs() >= 2**-14)).all() for t in p)  # fp16 normal numbers (or 0)
+    for c in (0.25, 8.0):  # powers of two scale the grid exactly, while its fp16 statistics stay normal numbers
+        if normal(find_params(W, spec)) and normal(find_params(W * c, spec)): assert torch.equal(rtn(W * c, spec), Q * c)
 
 
 @pytest.mark.parametrize("grid", list(KINDS))
@@ -99,7 +106,8 @@ def test_column_primitives_rebuild_rtn(seed, grid):
     cols = []
     for j in range(W.shape[1]):
         s, z = scale[:, j // g, None], zero[:, j // g, None]
-        cols.append(dequantize_codes(quantize_codes(W[:, j:j+1], s, z, spec.maxq), s, z))
+        mm = not spec.int_zero
+        cols.append(dequantize_codes(quantize_codes(W[:, j:j+1], s, z, spec.maxq, mm), s, z, mm))
     assert torch.equal(torch.cat(cols, 1), rtn(W, spec))
 
 
@@ -111,12 +119,17 @@ def test_error_bound_and_nearest_level(seed, grid):
     g = W.shape[1] if spec.group_size is None else spec.group_size
     idx = torch.arange(W.shape[1]) // g
     s, z = qt.scale[:, idx], qt.zero[:, idx]
-    # float32 rounding in steps (u = 2^-24): w/s (|w/s| <= |z| + maxq + 1), w/s + z (<= maxq + 1), q - z and s*(q - z)
-    eps = (3 * z.abs() + 4 * (spec.maxq + 1)) * 2**-24
+    levels = torch.arange(spec.maxq + 1.)
+    levels = s[..., None] * levels + z[..., None] if grid == "minmax" else s[..., None] * (levels - z[..., None])
+    lo, hi = levels[..., 0], levels[..., -1]
+    # float32 rounding in steps (u = 2^-24), zeta = the zero in steps (min–max: |m|/s): w/s or (w-m)/s, + z, q - z, s*(q - z) or s*q + m
+    zeta = (z / s).abs() if grid == "minmax" else z.abs()
+    eps = (3 * zeta + 4 * (spec.maxq + 1)) * 2**-24
     ok = (W - Q).abs() <= s * (0.5 + eps)
-    if grid == "minmax": assert ok.all()  # the group's own range: nothing clips
-    else: assert ok[(W >= s * -z) & (W <= s * (spec.maxq - z))].all()
-    levels = s[..., None] * (torch.arange(spec.maxq + 1.) - z[..., None])
+    assert ok[(W >= lo) & (W <= hi)].all()
+    if grid == "minmax":  # m <= min: nothing below code 0; the top level misses the max by at most maxq |s32 - fp16(s32)|,
+        # half an fp16 spacing: 2^-11 s for a normal fp16 step, 2^-25 for a subnormal one
+        assert (W >= lo).all() and (W - hi <= spec.maxq * torch.clamp(s * 2**-11, min=2**-25) + s * eps).all()
     nearest = (W[..., None] - levels).abs().min(-1).values
     assert ((W - Q).abs() - nearest).abs().le(eps * s).all()
 
@@ -128,15 +141,17 @@ def test_minmax_padding_sees_only_the_group():
     p, last = find_params(W, mm), find_params(W[:, 32:].contiguous(), mm_row)
     assert torch.equal(p.scale[:, 2:], last.scale) and torch.equal(p.zero[:, 2:], last.zero)
     assert torch.equal(rtn(W, mm)[:, 32:], rtn(W[:, 32:].contiguous(), mm_row))
-    assert (p.zero < 0).all()  # the grid does not reach 0
+    assert (p.zero > 0).all()  # code 0 stands for m > 0: the grid does not reach 0
 
 
 def test_constant_groups_exact_on_minmax():
-    W = torch.tensor([[0.3] * 5 + [-7.1] * 5, [0.] * 10])
+    W = torch.tensor([[0.25] * 5 + [-7.125] * 5, [0.] * 10])  # fp16 values
     mm = QuantSpec(2, 5, int_zero=False)
-    s, z = find_params(W, mm)
-    assert s.tolist() == [[1., 1.], [1., 1.]] and torch.equal(z, torch.tensor([[-0.3, 7.1], [0., 0.]]))
+    s, m = find_params(W, mm)
+    assert s.tolist() == [[1., 1.], [1., 1.]] and torch.equal(m, torch.tensor([[0.25, -7.125], [0., 0.]]))
     assert torch.equal(rtn(W, mm), W) and int(quantize(W, mm).codes.max()) == 0
+    Wn = torch.tensor([[0.3] * 5 + [-7.1] * 5])  # no fp16 values: m is the fp16 just below, and a tiny step reaches w
+    assert (rtn(Wn, mm) - Wn).abs().max() <= 2**-11 * 7.1 and (find_params(Wn, mm).zero < Wn[:, ::5]).all()
 
 
 def test_no_negative_zero():
@@ -160,13 +175,26 @@ def test_round_half_to_even(grid):
 
 def test_hand_computed_params():
     W = torch.tensor([[-1., 2.], [0.5, 1.5], [0., 0.], [-3., 1.], [0.25, 1.75], [3., 3.]])
-    s, z = find_params(W, QuantSpec(2, None, int_zero=False))  # min–max: own range, real zero; constant rows s = 1, z = -x
-    assert torch.allclose(s[:, 0], torch.tensor([1., 1/3, 1., 4/3, 0.5, 1.]))
-    assert torch.allclose(z[:, 0], torch.tensor([1., -1.5, 0., 2.25, -0.5, -3.]))
+    f16 = lambda *v: torch.tensor(v).half().float()  # the stored (fp16) values
+    s, m = find_params(W, QuantSpec(2, None, int_zero=False))  # min–max: own range; m = min (all fp16 here); constant rows s = 1
+    assert torch.equal(s[:, 0], f16(1., 1/3, 1., 4/3, 0.5, 1.)) and torch.equal(m[:, 0], torch.tensor([-1., 0.5, 0., -3., 0.25, 3.]))
     s, z = find_params(W, QuantSpec(2, None))  # the default, GPTQ's: widened to 0, integer zero, zeros -> [-1, 1]
-    assert torch.allclose(s[:, 0], torch.tensor([1., 0.5, 2/3, 4/3, 1.75/3, 1.])) and z[:, 0].tolist() == [1., 0., 2., 2., 0., 0.]
+    assert torch.equal(s[:, 0], f16(1., 0.5, 2/3, 4/3, 1.75/3, 1.)) and z[:, 0].tolist() == [1., 0., 2., 2., 0., 0.]
     s, z = find_params(W, QuantSpec(2, None, sym=True))  # [-2,2], [0,1.5] (no negatives: xmin stays 0), zeros, [-3,3]
-    assert torch.allclose(s[:, 0], torch.tensor([4/3, 0.5, 2/3, 2., 1.75/3, 1.])) and z[:, 0].tolist() == [2.] * 6
+    assert torch.equal(s[:, 0], f16(4/3, 0.5, 2/3, 2., 1.75/3, 1.)) and z[:, 0].tolist() == [2.] * 6
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter warns when the fp16 cast overflows
+def test_fp16_range():
+    "Scales below fp16's smallest subnormal are stored as 2**-24; statistics beyond fp16's range are refused by name."
+    W = torch.tensor([[1e-9, -3e-9, 2e-9, 0.]])
+    for grid in KINDS.values():
+        s, _ = find_params(W, QuantSpec(3, None, **grid))
+        assert s.item() == 2**-24
+    with pytest.raises(ValueError, match="lin: a group's scale .* beyond fp16's range"): rtn(torch.tensor([[0., 3e6]]), QuantSpec(4, None), name="lin")
+    with pytest.raises(ValueError, match="lin: a group's minimum .* below fp16's range"):
+        rtn(torch.tensor([[-7e4, -6e4]]), QuantSpec(4, None, int_zero=False), name='lin')
+    with pytest.raises(ValueError, match="W: a group's scale"): rtn_triton(torch.tensor([[0., 3e6]], device=DEV), QuantSpec(4, None))
 
 
 @pytest.mark.parametrize("shape,spec,expected", [
