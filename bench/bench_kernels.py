@@ -1,0 +1,299 @@
+"""Benchmark sensq.kernels.packed_linear on Llama shapes against the copy bandwidth, cuBLAS fp16 and PyTorch's int4 kernel.
+
+In one run on one GPU: device-to-device copy bandwidth; for Llama-3-8B (4096x4096, 14336x4096, 4096x14336) and
+Llama-3.2-1B (2048x2048, 8192x2048, 2048x8192, 512x2048) weights at batch 1 and 16: the fused kernel's time (median of
+`triton.testing.do_bench`, which clears the L2 cache before every call), the TB/s of the bytes it must move (packed
+tensors + x + output) and their ratio to the copy bandwidth, the speed-up over `torch.matmul` in fp16 (cuBLAS) and over
+`torch._weight_int4pack_mm` (tinygemm, bf16, groups of 128); 4/3/2 bits on the integer-zero grid, the symmetric and
+min–max grids at 4 bits, 4/3-bit codebooks; the sparse part's overhead at 0.5% and 1% density, fused and separate
+(the separate path timed as one call, which includes any host gap between its two launches, and its CSR kernel alone);
+end to end, `generate()` tokens/s of a random Llama-3.2-1B-shaped model packed at 4 bits against fp16 (batch 1), and
+the same decode step replayed as a CUDA graph. Every kernel result is checked against the fp32 spec first.
+
+Usage: python bench/bench_kernels.py [--quick] [--json PATH] [--dry-run]
+Without CUDA it prints one line and exits 0. --dry-run runs every code path on tiny shapes in Triton's interpreter,
+without timing (numbers print as nan).
+"""
+import argparse, datetime, math, os, platform, sys, time
+
+DRY = '--dry-run' in sys.argv
+if DRY: os.environ['TRITON_INTERPRET'] = '1'      # before triton is imported
+import torch
+
+SHAPES_8B = [(4096, 4096), (14336, 4096), (4096, 14336)]
+SHAPES_1B = [(2048, 2048), (8192, 2048), (2048, 8192), (512, 2048)]
+VARIANTS = [  # (name, bits, grid, group size)
+    ('w4 asym g128', 4, 'asym', 128), ('w3 asym g128', 3, 'asym', 128), ('w2 asym g128', 2, 'asym', 128),
+    ('w4 sym g128', 4, 'sym', 128), ('w4 minmax g128', 4, 'minmax', 128),
+    ('w4 codebook', 4, 'codebook', None), ('w3 codebook', 3, 'codebook', None)]
+
+
+class Timer:
+    "Median time of a call in seconds (do_bench), or a single untimed call (nan) in a dry run."
+    def __init__(self, dry, quick):
+        self.dry, self.warmup, self.rep = dry, (5 if quick else 25), (25 if quick else 100)
+    def __call__(self, fn):
+        if self.dry:
+            fn(); return float('nan')
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=self.warmup, rep=self.rep, return_mode='median') * 1e-3
+
+
+def copy_bandwidth(timer, dev, nbytes):
+    "Device-to-device copy bandwidth in bytes/s (bytes read + bytes written)."
+    src = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / timer(lambda: dst.copy_(src))
+
+
+def rel_err(y, ref):
+    return float((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+
+
+def tinygemm_weight(pw, dev):
+    """PyTorch's int4 layout for a 4-bit asym weight: (packed int4, bf16 scales-and-zeros), same dequantized values.
+    Returns (None, note) where the op or this layout is unavailable."""
+    from sensq.pack import unpack_codes
+    if not (hasattr(torch, '_weight_int4pack_mm') and hasattr(torch, '_convert_weight_to_int4pack')):
+        return None, f"torch {torch.__version__} has no _weight_int4pack_mm"
+    if dev.type != 'cuda': return None, "tinygemm needs CUDA"
+    c, t = pw.config, pw.tensors
+    N, K, gs = c['out_features'], c['in_features'], c['group_size']
+    q = unpack_codes(t['qweight'], 4, K).to(torch.int32)
+    z = unpack_codes(t['qzeros'], 4, K // gs).float()
+    s = t['scales'].float()
+    # tinygemm dequantizes (q - 8) * scale + zero; ours is s (q - z) = (q - 8) s + s (8 - z)
+    sz = torch.stack([s, s * (8 - z)], -1).transpose(0, 1).contiguous().to(torch.bfloat16)   # (K/gs, N, 2)
+    try:
+        w = torch._convert_weight_to_int4pack(((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8).contiguous(), 8)
+    except Exception as e:  # older torch took int32 (N, K) codes
+        try: w = torch._convert_weight_to_int4pack(q.contiguous(), 8)
+        except Exception: return None, f"_convert_weight_to_int4pack failed: {str(e).splitlines()[0][:120]}"
+    return (w, sz), None
+
+
+def kernel_rows(args, timer, dev, copy_bw, shapes, batches):
+    from sensq.kernels import random_packed, packed_linear, packed_linear_reference, kernel_weight
+    rows, gen = [], torch.Generator(dev).manual_seed(0)
+    dt = torch.float16
+    for N, K in shapes:
+        Wh = torch.randn(N, K, device=dev, dtype=dt, generator=gen) * 0.02
+        fp16_t = {M: timer(lambda x=torch.randn(M, K, device=dev, dtype=dt, generator=gen): x @ Wh.T) for M in batches}
+        tg = {}
+        for name, bits, grid, gs in (VARIANTS[:1] + [v for v in VARIANTS[1:] if not args.quick or v[0] in ('w3 asym g128', 'w2 asym g128', 'w4 codebook')]):
+            pw = random_packed(N, K, bits, grid, gs, device=dev, generator=gen)
+            kw = kernel_weight(pw)
+            if name == 'w4 asym g128':
+                tgw, tg_note = tinygemm_weight(pw, dev)
+            for M in batches:
+                x = torch.randn(M, K, device=dev, dtype=dt, generator=gen)
+                y = packed_linear(x, kw)
+                err = rel_err(y, packed_linear_reference(x, pw))
+                t = timer(lambda: packed_linear(x, kw))
+                nbytes = kw.nbytes() + x.numel() * 2 + M * N * 2
+                row = dict(shape=f"{N}x{K}", batch=M, variant=name, bits_per_w=round(8 * kw.nbytes() / (N * K), 3), us=t * 1e6,
+                           TBps=nbytes / t / 1e12, copy_ratio=nbytes / t / copy_bw, vs_cublas=fp16_t[M] / t, rel_err=err)
+                if name == 'w4 asym g128':
+                    if tgw is not None:
+                        xb = x.to(torch.bfloat16)
+                        try:
+                            ytg = torch._weight_int4pack_mm(xb, tgw[0], 128, tgw[1])
+                            row['tinygemm_rel_err'] = rel_err(ytg, packed_linear_reference(xb, pw))
+                            tg[M] = timer(lambda: torch._weight_int4pack_mm(xb, tgw[0], 128, tgw[1]))
+                            row['tinygemm_us'], row['vs_tinygemm'] = tg[M] * 1e6, tg[M] / t
+                        except Exception as e:
+                            row['note'] = f"tinygemm skipped: {str(e).splitlines()[0][:100]}"
+                    else:
+                        row['note'] = f"tinygemm skipped: {tg_note}"
+                row['cublas_fp16_us'] = fp16_t[M] * 1e6
+                rows.append(row)
+                print(f"  {row['shape']:>11} b{M:<2} {name:<15} {row['us']:8.1f} us {row['TBps']:6.2f} TB/s "
+                      f"{row['copy_ratio']:5.2f} of copy  x{row['vs_cublas']:.2f} cuBLAS  err {err:.1e}", flush=True)
+            del pw, kw
+    return rows
+
+
+def sparse_rows(args, timer, dev, shapes, batches):
+    from sensq.kernels import random_packed, packed_linear, packed_linear_reference, kernel_weight, _launch_sparse
+    rows, gen = [], torch.Generator(dev).manual_seed(1)
+    for N, K in shapes:
+        base = random_packed(N, K, 4, 'asym', 128, device=dev, generator=gen)
+        t_dense = {}
+        for M in batches:
+            x = torch.randn(M, K, device=dev, dtype=torch.float16, generator=gen)
+            kwd = kernel_weight(base)
+            t_dense[M] = timer(lambda: packed_linear(x, kwd))
+        for density in ((0.005,) if args.quick else (0.005, 0.01)):
+            pw = random_packed(N, K, 4, 'asym', 128, density=density, device=dev, generator=gen)
+            kw = kernel_weight(pw)
+            for M in batches:
+                x = torch.randn(M, K, device=dev, dtype=torch.float16, generator=gen)
+                ref = packed_linear_reference(x, pw)
+                y = packed_linear(x, kw)
+                t_csr = timer(lambda: _launch_sparse(x, kw, y))      # the second launch alone (adds into y again: timing only)
+                for mode in ('fused', 'separate'):
+                    err = rel_err(packed_linear(x, kw, sparse=mode), ref)
+                    t = timer(lambda: packed_linear(x, kw, sparse=mode))
+                    row = dict(shape=f"{N}x{K}", batch=M, density=density, nnz=kw.nnz, mode=mode, us=t * 1e6, dense_us=t_dense[M] * 1e6,
+                               overhead=t / t_dense[M] - 1, rel_err=err)
+                    if mode == 'separate':   # GPU time of the two launches without the host gap between them
+                        row['csr_kernel_us'] = t_csr * 1e6
+                        row['overhead_gpu_only'] = t_csr / t_dense[M]
+                    rows.append(row)
+                    print(f"  {row['shape']:>11} b{M:<2} sparse {density:.3f} {mode:<8} {row['us']:8.1f} us "
+                          f"(dense {row['dense_us']:.1f}) overhead {row['overhead']:+.1%}  err {err:.1e}", flush=True)
+    return rows
+
+
+class PackedLinear(torch.nn.Module):
+    "Local stand-in for QuantLinear: holds a packed weight and calls `packed_linear`."
+    def __init__(self, packed, bias=None):
+        super().__init__()
+        from sensq.kernels import kernel_weight
+        self.kw = kernel_weight(packed)
+        self.bias = bias
+    def forward(self, x):
+        from sensq.kernels import packed_linear
+        return packed_linear(x, self.kw, self.bias)
+
+
+def pack_linear(lin, bits=4, group_size=128):
+    "RTN-quantize an nn.Linear on sensq's integer-zero grid and pack it (layout of sensq.pack)."
+    from sensq.quant import QuantSpec, quantize
+    from sensq.pack import PackedWeight, pack_codes
+    W = lin.weight.detach().float()
+    qt = quantize(W, QuantSpec(bits, group_size))
+    N, K = W.shape
+    t = dict(qweight=pack_codes(qt.codes, bits), scales=qt.scale.half(), qzeros=pack_codes(qt.zero.round().long(), bits))
+    return PackedWeight(dict(version=1, grid='asym', bits=bits, group_size=group_size, in_features=K, out_features=N), t)
+
+
+def e2e_rows(args, timer, dev):
+    "generate() tokens/s of a random Llama-3.2-1B-shaped model, fp16 and packed at 4 bits; and a CUDA-graph decode loop."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if args.dry_run:
+        cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          vocab_size=256, max_position_embeddings=256, tie_word_embeddings=True)
+        new, dtype = 4, torch.float32
+    else:
+        cfg = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                          vocab_size=128256, max_position_embeddings=4096, rope_theta=500000.0, tie_word_embeddings=True)
+        new, dtype = (32 if args.quick else 128), torch.float16
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (1, 8), device=dev)
+    gen_kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def tok_per_s():
+        with torch.no_grad():
+            model.generate(prompt, **dict(gen_kw, max_new_tokens=4, min_new_tokens=4))   # warm-up (compiles, tunes)
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model.generate(prompt, **gen_kw)
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+        assert out.shape[1] == prompt.shape[1] + new
+        return (new / dt if not args.dry_run else float('nan')), out
+
+    def graph_tok_per_s():
+        "Decode steps replayed from a CUDA graph (static cache): the time the kernels take without Python overhead."
+        if dev.type != 'cuda': return float('nan'), "CUDA graphs need a GPU"
+        try:
+            from transformers import StaticCache
+            try: cache = StaticCache(config=cfg, max_batch_size=1, max_cache_len=64, device=dev, dtype=dtype)
+            except TypeError: cache = StaticCache(config=cfg, max_cache_len=64)
+            with torch.no_grad():
+                model(prompt, past_key_values=cache, cache_position=torch.arange(8, device=dev), use_cache=True)
+                tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
+                pos = torch.full((1,), 8, dtype=torch.long, device=dev)
+                step = lambda: model(tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
+                s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(3): step()
+                torch.cuda.current_stream().wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g): step()
+                n = 50
+                g.replay(); torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(n): g.replay()
+                torch.cuda.synchronize()
+                return n / (time.perf_counter() - t0), None
+        except Exception as e:
+            return float('nan'), f"graph decode skipped: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
+    rows = []
+    tps16, out16 = tok_per_s()
+    g16, note16 = graph_tok_per_s()
+    nbytes16 = sum(p.numel() * p.element_size() for p in model.parameters())
+    layers = model.model.layers
+    for layer in layers:
+        for parent, names in ((layer.self_attn, ('q_proj', 'k_proj', 'v_proj', 'o_proj')), (layer.mlp, ('gate_proj', 'up_proj', 'down_proj'))):
+            for nm in names:
+                setattr(parent, nm, PackedLinear(pack_linear(getattr(parent, nm))))
+    torch.cuda.empty_cache() if dev.type == 'cuda' else None
+    tps4, out4 = tok_per_s()
+    g4, note4 = graph_tok_per_s()
+    same = float((out4[:, 8:] == out16[:, 8:]).float().mean())
+    rows.append(dict(model='Llama-3.2-1B shape, random', batch=1, new_tokens=new, fp16_tok_s=tps16, w4_tok_s=tps4, speedup=tps4 / tps16,
+                     graph_fp16_tok_s=g16, graph_w4_tok_s=g4, graph_speedup=g4 / g16, same_tokens_frac=same,
+                     fp16_param_GB=nbytes16 / 1e9, note='; '.join(n for n in (note16, note4) if n)))
+    print(f"  generate(): fp16 {tps16:.1f} tok/s, w4 {tps4:.1f} tok/s (x{tps4 / tps16:.2f}); CUDA graph: fp16 {g16:.1f}, w4 {g4:.1f} "
+          f"(x{g4 / g16:.2f}); greedy tokens equal to fp16's: {same:.0%} {rows[-1]['note']}", flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument('--quick', action='store_true', help='fewer shapes, variants and repetitions')
+    ap.add_argument('--json', metavar='PATH', help='write all results to this JSON file')
+    ap.add_argument('--dry-run', action='store_true', help='tiny shapes in the Triton interpreter, no timing (checks every code path)')
+    args = ap.parse_args()
+    if not torch.cuda.is_available() and not args.dry_run:
+        print("bench_kernels: no CUDA device, nothing to measure (use --dry-run to exercise the code paths on CPU)")
+        return 0
+    import triton
+    from sensq.core import format_table, atomic_save_json
+    dev = torch.device('cpu' if args.dry_run else 'cuda')
+    timer = Timer(args.dry_run, args.quick)
+    t_start = time.time()
+    if args.dry_run:
+        shapes, batches, sparse_shapes, copy_bw = [(32, 64), (48, 256)], [1, 3], [(40, 256)], float('nan')
+    else:
+        shapes = SHAPES_8B[:2] + SHAPES_1B[:1] if args.quick else SHAPES_8B + SHAPES_1B
+        batches, sparse_shapes = [1, 16], SHAPES_8B[:2] if args.quick else SHAPES_8B
+        copy_bw = copy_bandwidth(timer, dev, 1 << 30)
+    name = torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU (Triton interpreter, dry run)'
+    print(f"# sensq.kernels bench: {name}; torch {torch.__version__}, triton {triton.__version__}, {platform.node()}, "
+          f"{datetime.datetime.now().isoformat(timespec='seconds')}; copy bandwidth {copy_bw / 1e12:.3f} TB/s", flush=True)
+    res = dict(device=name, torch=torch.__version__, triton=triton.__version__, date=datetime.datetime.now().isoformat(timespec='seconds'),
+               copy_TBps=copy_bw / 1e12, quick=args.quick, dry_run=args.dry_run)
+    from sensq import kernels
+    save = lambda: atomic_save_json(args.json, dict(res, seconds=time.time() - t_start,
+                                                    tuned=[dict(key=str(k), plan=v) for k, v in kernels._TUNED.items()])) if args.json else None
+    print("## dense kernels", flush=True)
+    res['kernels'] = kernel_rows(args, timer, dev, copy_bw, shapes, batches); save()
+    print("## sparse part", flush=True)
+    res['sparse'] = sparse_rows(args, timer, dev, sparse_shapes, batches); save()
+    print("## end to end", flush=True)
+    try: res['e2e'] = e2e_rows(args, timer, dev)
+    except Exception as e:                                   # keep the kernel results when the model part fails
+        res['e2e'] = [dict(note=f"end-to-end failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")]
+        print(f"  {res['e2e'][0]['note']}", flush=True)
+    res['seconds'] = time.time() - t_start
+    save()
+    print()
+    print(format_table(res['kernels'], ['shape', 'batch', 'variant', 'bits_per_w', 'us', 'TBps', 'copy_ratio', 'vs_cublas', 'vs_tinygemm',
+                                        'cublas_fp16_us', 'tinygemm_us', 'rel_err', 'note']))
+    print()
+    print(format_table(res['sparse'], ['shape', 'batch', 'density', 'mode', 'us', 'dense_us', 'overhead', 'csr_kernel_us', 'overhead_gpu_only', 'rel_err']))
+    print()
+    print(format_table(res['e2e']))
+    print(f"\n{res['seconds']:.0f} s")
+    bad = [r for r in res['kernels'] + res['sparse'] if not r['rel_err'] < 2e-3]
+    if bad: print(f"WARNING: {len(bad)} results differ from the spec by more than 2e-3 (relative Frobenius): {bad[:3]}")
+    return 1 if bad else 0
+
+
+if __name__ == '__main__': sys.exit(main())
