@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 import torch
 from torch import nn
-from .core import check_finite
+from .core import check_finite, atomic_output_dir, atomic_save_json, is_sensq_output, output_marker, MARKER_FILE
 from .data import HubUnreachable, hub_offline
 
 # %% auto #0
@@ -192,27 +192,16 @@ def cache_valid(dest:Path|str, # a cached model folder
 
 def save_model_dir(model:nn.Module, # model to save (safetensors)
                    tokenizer, # tokenizer saved beside it
-                   dest:Path|str, # final folder; replaced atomically
+                   dest:Path|str, # final folder (see `sensq.core.check_output_dir`)
                    stamp:dict|None=None, # written as `sensq_source.json` when given
+                   overwrite:bool=False, # replace an earlier sensq output at `dest`
                   ) -> Path:
-    "Save model and tokenizer into a temp folder beside `dest`, then move it into place with `os.replace`."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f'.{dest.name}.tmp-'))
-    try:
+    "Save model and tokenizer with `sensq.core.atomic_output_dir`: temp folder beside `dest`, marker, rename."
+    with atomic_output_dir(dest, overwrite, marker={'writer': 'sensq.models.save_model_dir'}) as tmp:
         with _hf_progress(False): model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if stamp is not None: (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1))
-        old = None
-        if dest.exists():  # move the stale copy aside (rename onto an empty dir), then put the new one in place
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f'.{dest.name}.old-'))
-            os.replace(dest, old)
-        try: os.replace(tmp, dest)
-        except OSError:  # another process put a copy in place meanwhile: keep theirs
-            if not dest.exists(): raise
-        if old is not None: shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+        if stamp is not None: atomic_save_json(tmp / STAMP_FILE, stamp)
+    return Path(dest)
 
 def cached_model_dir(source:Path|str, # file the cache derives from (its stamp validates the cache)
                      dest:Path|str, # cache folder
@@ -223,7 +212,10 @@ def cached_model_dir(source:Path|str, # file the cache derives from (its stamp v
     if cache_valid(dest, stamp): return Path(dest)
     _logger.info("building model cache %s from %s", dest, source)
     model, tok = convert()
-    return save_model_dir(model, tok, dest, stamp)
+    dest = Path(dest)
+    if (dest / STAMP_FILE).is_file() and not is_sensq_output(dest):  # a cache written before sensq marked its outputs
+        atomic_save_json(dest / MARKER_FILE, output_marker({'writer': 'sensq model cache (marked later)'}))
+    return save_model_dir(model, tok, dest, stamp, overwrite=True)
 
 # %% ../nbs/02_models.ipynb #31a2bb92
 def default_model_dir(rebuild:bool=False, # rebuild the cache even if it is valid

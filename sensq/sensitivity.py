@@ -8,8 +8,8 @@ import json, logging, math, time
 from pathlib import Path
 import torch
 from torch import Tensor, nn
-from fastcore.script import call_parse, bool_arg
-from .core import atomic_save_json, atomic_write, format_table, timer, peak_rss_gb, default_device
+from fastcore.script import call_parse, store_true
+from .core import atomic_save_json, atomic_write, atomic_output_dir, check_output_dir, format_table, fmt_num, timer, peak_rss_gb
 from .quant import QuantSpec
 from .models import linear_layers, layer_kind
 from .eval import lm_loss
@@ -244,7 +244,7 @@ def sensq_sensitivity(
     metric:str='pqi', # pqi, taylor1, taylor2, fisher, hessian (layer-wise 2XXᵀ) or obs
     bits:int=3, # RTN bits (2-8)
     group:int=128, # RTN group size (0: whole row)
-    sym:bool_arg=False, # symmetric grid (default: asymmetric)
+    sym:store_true=False, # symmetric grid (default: asymmetric)
     model:str='default', # hub id, local folder, .gguf file, or 'default'
     text:str='default', # calibration text: 'default', wikitext2, c4, pile, redpajama, or a .txt/.jsonl path
     n_calib:int=4, # calibration windows n
@@ -256,27 +256,38 @@ def sensq_sensitivity(
     fisher_mode:str='token', # fisher: square per-token or per-window gradients
     tokens_per_window:int=None, # fisher token mode: sampled positions per window (default: all)
     batch_size:int=1, # windows per forward+backward
-    actual_per_layer:bool_arg=True, # measure each layer's actual ΔF alone (one pass per layer)
+    no_per_layer:store_true=False, # skip measuring each layer's actual ΔF alone (one pass per layer, the slow part)
     checkpoint:str=None, # pqi: resumable checkpoint file
-    out:str='runs/sensitivity', # report folder
+    out:str='runs/sensitivity', # report folder (new, empty, or an earlier report with --overwrite)
+    overwrite:store_true=False, # replace an earlier sensitivity report at --out (never another folder)
     dtype:str='float32', # float32, bfloat16 or float16
     device:str=None, # cpu or cuda (default: cuda when available)
-    quiet:bool_arg=False, # hide progress bars
+    quiet:store_true=False, # no progress bars (stdout: the result line only)
 ):
     "Score the RTN perturbation of a model with a sensitivity metric; write report.json, plots and summary.md."
     from sensq.models import load_model
     from sensq.data import get_calibration
-    if metric not in METRICS: raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    spec = QuantSpec(bits=bits, group_size=group or None, sym=sym)
-    m, tok = load_model(model, dtype=getattr(torch, dtype), device=device or default_device())
-    calib = get_calibration(tok, text, n=n_calib, seqlen=seqlen, seed=seed)
-    params = dict(N=N, rule=rule, checkpoint=checkpoint) if metric == 'pqi' else \
-             dict(fisher_mode=fisher_mode, tokens_per_window=tokens_per_window) if metric == 'fisher' else {}
-    sel = [s.strip() for s in layers.split(',')] if layers else None
-    if sel: sel = list(linear_layers(m, include=sel))
-    rep = sensitivity_report(m, calib, spec, metric, out, layers=sel, actual_per_layer=actual_per_layer,
-                             batch_size=batch_size, progress=not quiet,
-                             protocol=dict(model=model, text=text, n=n_calib, seqlen=seqlen, seed=seed), **params)
-    print(f"{metric} {spec}: actual ΔF {rep['actual_total']:.6g}, predicted {rep['predicted_total']:.6g} "
-          f"({len(rep['layers'])} layers, {rep['seconds']:.1f} s); report in {out}")
+    from sensq.cli import validate_common, check_spec, need, flag_check, work_output, _is_int
+    need(metric in METRICS, 'metric', metric, f"unknown metric; choose one of {', '.join(METRICS)}")
+    a = validate_common(model, text, seqlen, None, dtype, device)
+    spec = check_spec(bits, group, sym)
+    for k, v in (('n_calib', n_calib), ('N', N), ('batch_size', batch_size), ('tokens_per_window', tokens_per_window)):
+        need(v is None or (_is_int(v) and v >= 1), k, v, "must be a positive integer")
+    need(rule in ('left', 'midpoint', 'trapezoid'), 'rule', rule, "use left, midpoint or trapezoid")
+    need(fisher_mode in ('token', 'window'), 'fisher_mode', fisher_mode, "use token or window")
+    need(checkpoint is None or not Path(checkpoint).is_dir(), 'checkpoint', checkpoint, "is a folder: name a file")
+    flag_check('out', out, check_output_dir, overwrite)
+    with work_output(f'sensq sensitivity {metric}', quiet):
+        m, tok = load_model(model, dtype=a['dtype'], device=a['device'], progress=not quiet)
+        calib = flag_check('text', text, lambda t: get_calibration(tok, t, n=n_calib, seqlen=seqlen, seed=seed))
+        params = dict(N=N, rule=rule, checkpoint=checkpoint) if metric == 'pqi' else \
+                 dict(fisher_mode=fisher_mode, tokens_per_window=tokens_per_window) if metric == 'fisher' else {}
+        sel = [s.strip() for s in layers.split(',')] if layers else None
+        if sel: sel = list(flag_check('layers', layers, lambda _: linear_layers(m, include=sel)))
+        with atomic_output_dir(out, overwrite, marker={'writer': 'sensq sensitivity'}) as tmp:
+            rep = sensitivity_report(m, calib, spec, metric, tmp, layers=sel, actual_per_layer=not no_per_layer,
+                                     batch_size=batch_size, progress=not quiet,
+                                     protocol=dict(model=model, text=text, n=n_calib, seqlen=seqlen, seed=seed), **params)
+    print(f"{metric} {spec}: actual ΔF {fmt_num(rep['actual_total'])}, predicted {fmt_num(rep['predicted_total'])} "
+          f"({len(rep['layers'])} layers, {rep['seconds']:.1f} s); report in {out}", flush=True)
     return rep

@@ -202,10 +202,10 @@ def test_cli_writes_report_and_rejects_bad_input(tmp_path):
     out = tmp_path / 'rep'
     rep = sensq_sensitivity(metric='pqi', bits=3, group=32, model=str(folder), text='default', n_calib=2, seqlen=32,
                             N=8, out=str(out), device='cpu', quiet=True)
-    assert sorted(p.name for p in out.iterdir()) == ['distribution.png', 'per_layer.png', 'report.json', 'summary.md']
+    assert sorted(p.name for p in out.iterdir()) == ['.sensq-output', 'distribution.png', 'per_layer.png', 'report.json', 'summary.md']
     assert rel(rep['predicted_total'], rep['actual_total']) < 0.02
     rep2 = sensq_sensitivity(metric='fisher', bits=3, group=32, model=str(folder), n_calib=2, seqlen=32, layers='v_proj',
-                             fisher_mode='window', actual_per_layer=False, out=str(tmp_path / 'f'), device='cpu', quiet=True)
+                             fisher_mode='window', no_per_layer=True, out=str(tmp_path / 'f'), device='cpu', quiet=True)
     assert [r['kind'] for r in rep2['layers']] == ['v', 'v']
     with pytest.raises(ValueError, match='unknown metric'):
         sensq_sensitivity(metric='gwq', model=str(folder), out=str(tmp_path / 'x'), device='cpu', quiet=True)
