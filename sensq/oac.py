@@ -43,7 +43,7 @@ def oac_quantize_model(model:nn.Module, # causal LM, quantized in place
                        oac_batch_size:int=1, # sequences per forward+backward when computing Ĥ_OAC
                        true_sequential:bool=False, # stages inside a block (recomputes Ĥ_OAC per stage: ~4x cost)
                        batch_size:int=8, # sequences per block forward when propagating inputs
-                       **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, round_zero, simplified_outliers
+                       **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, simplified_outliers, outlier_dtype
                       ) -> dict:
     "OAC: per block, output-adaptive Hessians from per-sample CE gradients, then SpQR-style quantization in place."
     fn = oac_hessian_fn(oac_batch_size)
