@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_dense_sparse.ipynb #9e212abb
 from __future__ import annotations
-import math, warnings
+import copy, dataclasses, math, warnings
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ def mask_to_csr(W:Tensor, # (d_row, d_col) values to pick from
     "CSR arrays `(crow, col, values)` of `W` at `mask`, rows in order, columns ascending."
     if mask.shape != W.shape or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor of shape {tuple(W.shape)}, got {mask.dtype} {tuple(mask.shape)}")
-    crow = torch.zeros(W.shape[0] + 1, dtype=torch.int64)
+    crow = torch.zeros(W.shape[0] + 1, dtype=torch.int64, device=W.device)
     crow[1:] = mask.sum(1).cumsum(0)
     col = mask.nonzero()[:, 1].contiguous()
     return crow, col, W[mask].to(value_dtype)
@@ -112,6 +112,12 @@ def _dense_packed(dense)->PackedWeight:
     if isinstance(dense, CodebookTensor): return pack_codebook(dense.codes, dense.codebook, dense.bits)
     if hasattr(dense, 'packed'): return dense.packed()
     raise ValueError(f"cannot pack a dense part of type {type(dense).__name__}")
+def _moved(obj, device):
+    "Shallow copy of dataclass `obj` with its tensor fields on `device` (not re-validated: the data is unchanged)."
+    new = copy.copy(obj)
+    for f in dataclasses.fields(obj):
+        if isinstance(v := getattr(obj, f.name), Tensor): object.__setattr__(new, f.name, v.to(device))
+    return new
 
 @dataclass
 class DenseSparseTensor:
@@ -132,6 +138,14 @@ class DenseSparseTensor:
     def shape(self) -> tuple[int,int]: return tuple(self.dense.codes.shape)
     @property
     def nnz(self) -> int: return self.values.numel()
+    @property
+    def device(self) -> torch.device: return self.crow.device
+
+    def to(self, device) -> DenseSparseTensor:
+        "A copy on `device`: every tensor of the dense part and the CSR arrays moved, dtypes kept."
+        out = _moved(self, device)
+        out.dense = _moved(self.dense, device)
+        return out
 
     def rows(self) -> Tensor:
         "Row index of every sparse entry, `(nnz,)`."
@@ -147,7 +161,7 @@ class DenseSparseTensor:
         "The sparse part as a `torch.sparse_csr_tensor` of `dtype`."
         with warnings.catch_warnings():  # "CSR support is in beta" on every construction
             warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
-            return torch.sparse_csr_tensor(self.crow, self.col, self.values.to(dtype), self.shape, check_invariants=False)
+            return torch.sparse_csr_tensor(self.crow, self.col, self.values.to(dtype), self.shape, device=self.crow.device, check_invariants=False)
 
     def sparse_dense(self, dtype=torch.float32) -> Tensor:
         "The sparse part $S$ as a dense `(d_row, d_col)` matrix (zeros off the support)."
@@ -219,7 +233,7 @@ def ds_bits(ds:DenseSparseTensor, # the weight
 
 # %% ../nbs/30_dense_sparse.ipynb #d13ba5e7
 class DenseSparseLinear(nn.Module):
-    "Linear layer computing `x @ Ŵᵀ + b` as a dense product plus a sparse CSR product."
+    "Linear layer computing `x @ Ŵᵀ + b` as a dense product (dense part dequantized on every call) plus a sparse CSR product."
     def __init__(self, ds:DenseSparseTensor, # the quantized weight
                  bias:Tensor|None=None, # (d_row,) optional bias
                 ):
@@ -227,6 +241,12 @@ class DenseSparseLinear(nn.Module):
         self.ds = ds
         self.out_features, self.in_features = ds.shape
         self.register_buffer('bias', None if bias is None else bias.detach().clone())
+
+    def _apply(self, fn, recurse=True):
+        "`.to(device)`, `.cuda()`, ... also move the container (its stored dtypes are kept)."
+        super()._apply(fn, recurse)
+        self.ds = self.ds.to(fn(torch.zeros(())).device)
+        return self
 
     def forward(self, x:Tensor) -> Tensor:
         if x.shape[-1] != self.in_features: raise ValueError(f"input has {x.shape[-1]} features, layer expects {self.in_features}")

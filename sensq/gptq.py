@@ -70,7 +70,7 @@ def gptq_block_loop(W:Tensor, # (d_row, d_col) weight, columns in processing ord
     fit = fit_group or _row_fit(spec)
     minmax = not spec.int_zero                                 # `zero` holds the min–max grid's m
     bounds = group_bounds(d_col, spec.group_size)
-    gid = torch.cat([torch.full((b - a,), g, dtype=torch.long) for g, (a, b) in enumerate(bounds)])
+    gid = torch.cat([torch.full((b - a,), g, dtype=torch.long, device='cpu') for g, (a, b) in enumerate(bounds)])   # on the CPU: read with .tolist()
     sT = W.new_zeros(len(bounds), d_row); zT = W.new_zeros(len(bounds), d_row)   # stats, one row per group
     starts = {}
     if static_groups:                                          # fitted once, on original column ranges

@@ -73,7 +73,7 @@ def gptq_keep_loop(W:Tensor, # (d_row, d_col) weight, columns in processing orde
     row_spec = dataclasses.replace(spec, group_size=None)
     bounds = group_bounds(d_col, spec.group_size)
     starts = {a: (g, b) for g, (a, b) in enumerate(bounds)}
-    col_group = torch.cat([torch.full((b - a,), g, dtype=torch.long) for g, (a, b) in enumerate(bounds)])
+    col_group = torch.cat([torch.full((b - a,), g, dtype=torch.long, device='cpu') for g, (a, b) in enumerate(bounds)])   # CPU, as GPTQ's g_idx
     cg = col_group.tolist()
     sT = W.new_zeros(len(bounds), d_row); zT = W.new_zeros(len(bounds), d_row)
     WT, KT = W.T.contiguous(), keep.T.contiguous()
@@ -117,7 +117,8 @@ def gptq_keep_quantize(W:Tensor, # (d_row, d_col) weight
     "GPTQ on one layer with kept weights; returns the `GPTQResult` (codes everywhere, `Q` with the kept weights) and the sparse values."
     check_weight_hessian(W, H, name)
     cdt = torch.float64 if W.dtype == torch.float64 else torch.float32
-    Wc, K = W.to(cdt, copy=True), keep.clone()
+    Wc, K = W.to(cdt, copy=True), keep.to(W.device, copy=True)
+    H = H.to(Wc.device)
     perm = act_order_permutation(H) if act_order else None
     if perm is not None: Wc, H, K = Wc[:, perm], H[perm][:, perm], K[:, perm]
     ic = inverse_cholesky(H, percdamp=percdamp, name=name)
@@ -126,7 +127,7 @@ def gptq_keep_quantize(W:Tensor, # (d_row, d_col) weight
     Q, codes, losses, g_idx, dead, S = r.Q, r.codes, r.losses, r.col_group, ic.dead, r.sparse
     if perm is not None:
         inv = torch.argsort(perm)
-        Q, codes, losses, g_idx, dead, S = Q[:, inv], codes[:, inv], losses[:, inv], g_idx[inv], dead[inv], S[:, inv]
+        Q, codes, losses, g_idx, dead, S = Q[:, inv], codes[:, inv], losses[:, inv], g_idx[inv.to(g_idx.device)], dead[inv], S[:, inv]
     res = GPTQResult(Q.to(W.dtype).contiguous(), codes.contiguous(), r.scale.contiguous(), r.zero.contiguous(), g_idx, perm,
                      losses.contiguous(), ic.percdamp, ic.retries, dead, spec, False)
     return res, S.contiguous()   # S: (d_row, d_col) fp16(w - D) at the kept weights, 0 elsewhere; Q = D + S

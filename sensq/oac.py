@@ -44,7 +44,7 @@ def oac_quantize_model(model:nn.Module, # causal LM, quantized in place
                        true_sequential:bool=False, # stages inside a block (recomputes Ĥ_OAC per stage: ~4x cost)
                        batch_size:int=8, # sequences per block forward when propagating inputs
                        pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
-                       **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, round_zero, simplified_outliers
+                       **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, simplified_outliers, outlier_dtype
                       ) -> dict:
     "OAC: per block, output-adaptive Hessians from per-sample CE gradients, then SpQR-style quantization in place."
     fn = oac_hessian_fn(oac_batch_size)

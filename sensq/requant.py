@@ -102,7 +102,7 @@ def first_mask(order:Tensor, # flat indices, most extreme first
                shape:tuple, # matrix shape
               ) -> Tensor:
     "Boolean mask of the first `m` positions of `order`."
-    mask = torch.zeros(math.prod(shape), dtype=torch.bool)
+    mask = torch.zeros(math.prod(shape), dtype=torch.bool, device=order.device)
     mask[order[:m]] = True
     return mask.view(shape)
 
@@ -157,7 +157,7 @@ def select_significant(scores:dict[str, Tensor], # layer -> per-element PQI
     flat = torch.cat([scores[n].float().masked_fill(sparse[n], -math.inf).flatten() for n in sparse])
     flat = flat.masked_fill(~(flat > 0), -math.inf)
     k = min(k, int(torch.isfinite(flat).sum()))
-    sel = torch.zeros(flat.numel(), dtype=torch.bool)
+    sel = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k: sel[flat.topk(k).indices] = True
     return _split_flat(sel, {n: tuple(m.shape) for n, m in sparse.items()})
 
@@ -169,8 +169,9 @@ def select_random(sparse:dict[str, Tensor], # layer -> bool, positions already s
     free = torch.cat([(~m).flatten() for m in sparse.values()])
     idx = free.nonzero()[:, 0]
     if k > len(idx): raise ValueError(f"asked for {k} random positions, only {len(idx)} are not sparse")
-    sel = torch.zeros(free.numel(), dtype=torch.bool)
-    sel[idx[torch.randperm(len(idx), generator=generator)[:k]]] = True
+    sel = torch.zeros(free.numel(), dtype=torch.bool, device=free.device)
+    perm = torch.randperm(len(idx), generator=generator, device=generator.device).to(idx.device)   # same draw on any device
+    sel[idx[perm[:k]]] = True
     return _split_flat(sel, {n: tuple(m.shape) for n, m in sparse.items()})
 
 # %% ../nbs/33_requant.ipynb #4a559346

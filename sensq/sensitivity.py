@@ -97,7 +97,7 @@ def score_stats(scores:dict[str, Tensor], # per-element scores
 def _ranks(x:Tensor) -> Tensor:
     "Average ranks (ties share their mean rank), float64."
     srt, idx = x.sort()
-    r = torch.empty(len(x), dtype=torch.float64); r[idx] = torch.arange(len(x), dtype=torch.float64)
+    r = torch.empty(len(x), dtype=torch.float64, device=x.device); r[idx] = torch.arange(len(x), dtype=torch.float64, device=x.device)
     _, inv, counts = torch.unique_consecutive(srt, return_inverse=True, return_counts=True)
     if (counts > 1).any():   # average ranks within tied runs
         first = torch.cumsum(counts, 0) - counts
@@ -120,11 +120,11 @@ def top_overlap(a:Tensor, # scores
     "Overlap |A∩B|/k of the top-`fraction` sets of a and b ranked by magnitude."
     k = max(1, round(fraction * len(a)))
     ia, ib = a.abs().topk(k).indices, b.abs().topk(k).indices
-    m = torch.zeros(len(a), dtype=torch.bool); m[ia] = True
+    m = torch.zeros(len(a), dtype=torch.bool, device=a.device); m[ia] = True
     return m[ib].sum().item() / k
 
 def _top_mask(x:Tensor, k:int) -> Tensor:
-    m = torch.zeros(len(x), dtype=torch.bool); m[x.abs().topk(k).indices] = True
+    m = torch.zeros(len(x), dtype=torch.bool, device=x.device); m[x.abs().topk(k).indices] = True
     return m
 
 def rank_agreement(metrics:dict[str, dict[str, Tensor]], # {metric name: per-element scores over the same layers}

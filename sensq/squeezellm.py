@@ -60,7 +60,7 @@ def lloyd_1d(W:Tensor|None, # (R, C) values, one problem per row (or None with `
     R, C = ws.shape
     if init.dim() != 2 or init.shape[0] != R: raise ValueError(f"init must be (R, k) with R={R}, got {tuple(init.shape)}")
     c = init.double().sort(1).values
-    lo, hi = torch.zeros(R, 1, dtype=torch.long), torch.full((R, 1), C, dtype=torch.long)
+    lo, hi = ws.new_zeros(R, 1, dtype=torch.long), ws.new_full((R, 1), C, dtype=torch.long)
     prev, done = None, 0
     for _ in range(n_iter):
         b = torch.searchsorted(ws, ((c[:, :-1] + c[:, 1:]) / 2).contiguous(), right=True)  # cell boundaries (R, k-1)
@@ -79,7 +79,7 @@ def rtn_levels(W:Tensor, # (R, C) weight
     "The $2^b$ levels of each row's per-row asymmetric RTN grid, `(R, 2**bits)` fp32 (`sensq.quant` arithmetic)."
     spec = QuantSpec(bits=bits, group_size=None, sym=False)
     scale, zero = find_params(W.float(), spec)
-    q = torch.arange(spec.maxq + 1, dtype=torch.float32).expand(W.shape[0], -1)
+    q = torch.arange(spec.maxq + 1, dtype=torch.float32, device=W.device).expand(W.shape[0], -1)
     return dequantize_codes(q, scale, zero)
 
 def weighted_quantiles(W:Tensor|None, # (R, C) values (or None with `rows`)
@@ -91,15 +91,15 @@ def weighted_quantiles(W:Tensor|None, # (R, C) values (or None with `rows`)
     ws, _, Pf, _ = rows if rows is not None else sorted_rows(W, f)
     R, C = ws.shape
     tot = Pf[:, -1:]
-    cdf = torch.where(tot > 0, Pf[:, 1:] / torch.where(tot > 0, tot, 1.), torch.arange(1, C + 1, dtype=torch.float64) / C)
-    lev = ((torch.arange(k, dtype=torch.float64) + 0.5) / k).expand(R, -1).contiguous()
+    cdf = torch.where(tot > 0, Pf[:, 1:] / torch.where(tot > 0, tot, 1.), torch.arange(1, C + 1, dtype=torch.float64, device=ws.device) / C)
+    lev = ((torch.arange(k, dtype=torch.float64, device=ws.device) + 0.5) / k).expand(R, -1).contiguous()
     return ws.gather(1, torch.searchsorted(cdf.contiguous(), lev).clamp_max(C - 1))
 
 def _sample_rows(p:Tensor, gen:torch.Generator) -> Tensor:
     "One index per row drawn with probability proportional to `p` (uniform where a row sums to 0), by inverse CDF."
     p = torch.where(p.sum(1, keepdim=True) > 0, p, 1.)
     cum = p.cumsum(1)
-    u = torch.rand(p.shape[0], 1, generator=gen, dtype=torch.float64) * cum[:, -1:]
+    u = torch.rand(p.shape[0], 1, generator=gen, dtype=torch.float64, device=gen.device).to(p.device) * cum[:, -1:]   # same draws on any device
     return torch.searchsorted(cum, u, right=True).clamp_max(p.shape[1] - 1)
 
 def kmeanspp_init(W:Tensor|None, # (R, C) values (or None with `rows`)
@@ -208,7 +208,7 @@ def topk_mask(score:Tensor, # any shape
     if exclude is not None:
         s = s.masked_fill(exclude.flatten(), -math.inf)
         if k > int((~exclude).sum()): raise ValueError(f"k={k} exceeds the {int((~exclude).sum())} selectable entries")
-    m = torch.zeros(s.numel(), dtype=torch.bool)
+    m = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
     if k: m[s.topk(k).indices] = True
     return m.view(score.shape)
 
@@ -242,8 +242,8 @@ def squeezellm_layer(W:Tensor, # (d_row, d_col) weight
                     ) -> tuple[DenseSparseTensor, dict]:
     "SqueezeLLM-style Dense-and-Sparse quantization of one weight matrix."
     W = W.detach().float()
-    mask = torch.zeros_like(W, dtype=torch.bool) if sparse_mask is None else sparse_mask
-    f = torch.ones_like(W) if fisher is None else fisher.float()
+    mask = torch.zeros_like(W, dtype=torch.bool) if sparse_mask is None else sparse_mask.to(W.device)
+    f = torch.ones_like(W) if fisher is None else fisher.to(W.device, torch.float32)
     ct, st = weighted_kmeans(fill_masked(W, mask), f.masked_fill(mask, 0.), bits, **kmeans_kw)
     return dense_sparse_from(W, mask, ct, value_dtype), st
 

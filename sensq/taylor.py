@@ -294,7 +294,7 @@ def input_hessians(model:nn.Module, # model (eval mode)
     mods = dict(model.named_modules())
     unknown = [n for n in layers if not isinstance(mods.get(n), nn.Linear)]
     if unknown: raise ValueError(f"unknown linear layer(s) {unknown}")
-    H = {n: torch.zeros(mods[n].in_features, mods[n].in_features, dtype=torch.float64) for n in layers}
+    H = {n: torch.zeros(mods[n].in_features, mods[n].in_features, dtype=torch.float64, device=mods[n].weight.device) for n in layers}
     ntok = {n: 0 for n in layers}
     def hook(name):
         def f(mod, inp, out):
@@ -328,7 +328,7 @@ def obs_scores(deltas:dict[str, Tensor], # {layer: ΔW} (use -W for pruning sali
     for n, d in deltas.items():
         if n not in hessians: raise ValueError(f"no input Hessian for layer {n!r}")
         H = hessians[n].double()
-        H = H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype)
+        H = H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype, device=H.device)
         L, info = torch.linalg.cholesky_ex(H)
         if info != 0: raise ValueError(f"input Hessian of {n!r} is not positive definite even with damp={damp}; increase damp")
         Hinv_diag = torch.cholesky_inverse(L).diagonal()

@@ -2,7 +2,7 @@
 import dataclasses, inspect, logging, math
 import pytest
 import torch
-from sensq.quant import QuantSpec, find_params, quantize_codes, dequantize_codes, group_bounds, rtn, storage_bits
+from sensq.quant import QuantSpec, find_params, quantize_codes, dequantize_codes, group_bounds, rtn
 from sensq.hessian import inverse_cholesky
 from sensq.gptq import gptq_quantize, gptq_block_loop, act_order_permutation, gptq_quantize_model
 from sensq.spqr import spqr_quantize, spqr_storage_bits, SpQRGroupFit, spqr_quantize_model, quantize_stats
@@ -63,15 +63,28 @@ def test_gptq_loss_is_trace_of_output_error():
 @pytest.mark.parametrize("spec", [QuantSpec(3, None, int_zero=False), QuantSpec(3, 32, int_zero=False), QuantSpec(3, 32), QuantSpec(2, 24, int_zero=False),
                                   QuantSpec(2, 24), QuantSpec(4, 16, sym=True)])
 def test_gptq_output_error_below_rtn(spec):
-    W, X, H = correlated(48, 80, 400)
-    err = lambda Q: ((W - Q) @ X).square().sum().item()
-    e_rtn = err(rtn(W, spec))
-    for ao in (False, True):
-        for sg in ((False, True) if spec.group_size else (False,)):
-            r = gptq_quantize(W, H, spec, act_order=ao, static_groups=sg)
-            assert err(r.Q) < 0.85 * e_rtn, (spec, ao, sg, err(r.Q) / e_rtn)
-            assert torch.equal(r.dequantize(), r.Q)
-            assert r.codes.dtype == torch.uint8 and int(r.codes.max()) <= spec.maxq
+    """GPTQ against RTN at equal bits (act-order with dynamic groups also stores g_idx: not compared). The ratio of
+    output errors over seeds 0-4 (avx2, 1 thread) was 0.65-0.82 without act-order (worst: w4g16s, static groups,
+    seed 2) and 0.34-0.55 with it; asserted on every seed: < 0.92."""
+    for seed in range(5):
+        W, X, H = correlated(48, 80, 400, seed)
+        err = lambda Q: ((W - Q) @ X).square().sum().item()
+        e_rtn = err(rtn(W, spec))
+        for ao in (False, True):
+            for sg in ((False, True) if spec.group_size else (False,)):
+                r = gptq_quantize(W, H, spec, act_order=ao, static_groups=sg)
+                if not (ao and not sg and spec.group_size):
+                    assert r.storage_bits == rtn_bits(W.shape, spec)
+                    assert err(r.Q) < 0.92 * e_rtn, (spec, seed, ao, sg, err(r.Q) / e_rtn)
+                assert torch.equal(r.dequantize(), r.Q)
+                assert r.codes.dtype == torch.uint8 and int(r.codes.max()) <= spec.maxq
+
+
+def rtn_bits(shape, spec):
+    "RTN's storage by hand: codes, an fp16 scale per row and group, and a zero of `bits` (integer), 16 (min–max) or 0 (sym) bits."
+    d_row, d_col = shape
+    groups = 1 if spec.group_size is None else -(-d_col // spec.group_size)
+    return d_row * d_col * spec.bits + d_row * groups * (16 + (0 if spec.sym else spec.bits if spec.int_zero else 16))
 
 
 def test_gptq_blocksize_does_not_change_result():
@@ -261,8 +274,14 @@ def test_model_level_gptq_and_spqr_with_custom_hessian():
     m = tiny_llama(n_layers=2)
     st = gptq_quantize_model(m, calib, QuantSpec(3, 32), progress=False, act_order=True, true_sequential=True)
     assert st['method'] == 'gptq' and st['n_layers'] == 14
-    lins = linear_layers(m)
-    assert st['bits_per_weight'] == pytest.approx(sum(s['bits'] for s in st['layers'].values()) / sum(l.weight.numel() for l in lins.values()))
+    # bits by hand, w3g32a with act-order (dynamic groups: g_idx stored), per block of the tiny Llama:
+    #   q, o 64x64   : 64·64·3 codes + 64·2·(16+3) scale/zero + 64·1 g_idx   = 12288 + 2432 + 64  = 14784
+    #   k, v 32x64   : 6144 + 32·2·19 + 64                                    =  6144 + 1216 + 64  =  7424
+    #   gate, up 128x64: 24576 + 128·2·19 + 64                                = 24576 + 4864 + 64  = 29504
+    #   down 64x128  : 24576 + 64·4·19 + 128·2                                = 24576 + 4864 + 256 = 29696
+    # block: 2·14784 + 2·7424 + 2·29504 + 29696 = 133120 bits for 36864 weights
+    assert sum(s['bits'] for s in st['layers'].values()) == 2 * 133120
+    assert st['bits_per_weight'] == pytest.approx(133120 / 36864, rel=1e-12)
     calls = []
     def eye_hessians(model, b, hidden, kwargs, input_ids, names):
         calls.append((b, tuple(names)))

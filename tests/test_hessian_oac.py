@@ -129,20 +129,51 @@ def _trained_tiny(steps=200, seed=0):
         loss = lm_loss(m, torch.stack([tr[j:j+64] for j in i])); opt.zero_grad(); loss.backward(); opt.step()
     return m.eval(), tr, tokenize_text(tok, load_text('default', 'eval'))
 
-def test_oac_end_to_end_beats_rtn():
+def _identity_hessians(model, b, hidden, kwargs, input_ids, names):
+    lins = block_linear_layers(get_blocks(model)[b])
+    return {n: torch.eye(lins[n].in_features) for n in names}
+
+
+def test_oac_end_to_end_beats_rtn_at_equal_bits():
+    """OAC without outliers (tau=inf: GPTQ's loop driven by the OAC Hessian) against RTN on the same SpQR grid, with the
+    same second-level statistics and act-order index (an identity Hessian: no error feedback) -- identical bits, 2 bits.
+    Share of RTN's held-out loss increase that OAC removes, tiny Llama trained 200 steps, seeds 0-4 (calibration
+    seed+1; avx2, 1 thread): 55%, 49%, 57%, 57%, 68% (seed 0 under ATEN_CPU_CAPABILITY=default: 50%); GPTQ's Hessian
+    33-84%, so OAC is not claimed to beat GPTQ here. Asserted on seed 1, the worst: OAC removes >= 25%.
+    At 3 bits this model's loss moves by ~0.005 nats, the spread between seeds: no claim there."""
     import copy, math
     from sensq.data import calibration_windows, eval_windows
-    from sensq.eval import quantize_model
     from sensq.oac import oac_quantize_model
-    base, tr, ev = _trained_tiny()
-    calib, evw = calibration_windows(tr, 16, 64, seed=1), eval_windows(ev, 64, max_windows=64)
+    from sensq.spqr import spqr_quantize_model
+    seed = 1
+    base, tr, ev = _trained_tiny(seed=seed)
+    calib, evw = calibration_windows(tr, 16, 64, seed=seed + 1), eval_windows(ev, 64, max_windows=64)
+    spec = QuantSpec(2, 16, int_zero=False)
     with torch.no_grad(): fp = lm_loss(base, evw).item()
-    for bits in (2, 3):
-        spec = QuantSpec(bits, 16)
-        r = quantize_model(copy.deepcopy(base), spec)
-        o = copy.deepcopy(base)
-        stats = oac_quantize_model(o, calib, spec, progress=False)
-        with torch.no_grad(): l_rtn, l_oac = lm_loss(r, evw).item(), lm_loss(o, evw).item()
-        assert l_oac - fp < 0.5 * (l_rtn - fp), (bits, fp, l_rtn, l_oac)   # OAC removes most of RTN's loss increase
-        assert stats['method'] == 'oac' and stats['n_layers'] == 14 and stats['hessian_block_passes'] == 16 * 3
-        assert all(math.isfinite(p.float().sum().item()) for p in o.parameters())
+    r, o = copy.deepcopy(base), copy.deepcopy(base)
+    s_rtn = spqr_quantize_model(r, calib, spec, progress=False, tau=math.inf, hessian_fn=_identity_hessians)
+    s_oac = oac_quantize_model(o, calib, spec, progress=False, tau=math.inf)
+    assert s_oac['bits_per_weight'] == s_rtn['bits_per_weight'] == 97920 / 36864   # by hand, per block: 97920 bits (21_spqr)
+    with torch.no_grad(): l_rtn, l_oac = lm_loss(r, evw).item(), lm_loss(o, evw).item()
+    assert l_oac - fp < 0.75 * (l_rtn - fp), (fp, l_rtn, l_oac)
+    assert s_oac['method'] == 'oac' and s_oac['n_layers'] == 14 and s_oac['hessian_block_passes'] == 16 * 3
+    assert all(math.isfinite(p.float().sum().item()) for p in o.parameters())
+
+
+def test_oac_passes_spqr_parameters_and_refuses_others():
+    "Every SpQR parameter `oac_quantize_model` advertises reaches `spqr_quantize`; an unknown one (e.g. round_zero) is refused."
+    import math, re, inspect
+    from sensq.oac import oac_quantize_model
+    from sensq.spqr import spqr_quantize
+    src = inspect.getsource(oac_quantize_model)
+    advertised = re.search(r"\*\*spqr_params, # (.*)", src).group(1).split(', ')
+    assert set(advertised) <= set(inspect.signature(spqr_quantize).parameters)
+    calib = _calib(2, 8)
+    kw = dict(blocksize=16, percdamp=0.5, act_order=False, qq_scale_bits=4, qq_zero_bits=None, qq_groupsize=8,
+              simplified_outliers=True, outlier_dtype=torch.float32)
+    assert set(kw) == set(advertised)
+    st = oac_quantize_model(tiny_llama(n_layers=1), calib, QuantSpec(3, 16, int_zero=False), progress=False,
+                            layers=['model.layers.0.mlp.down_proj'], tau=math.inf, **kw)
+    assert st['params'] == kw and st['n_layers'] == 1
+    with pytest.raises(ValueError, match="unknown SpQR parameter.*round_zero"):
+        oac_quantize_model(tiny_llama(n_layers=1), calib, QuantSpec(3, 16, int_zero=False), progress=False, round_zero=True)
