@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/42a_init.ipynb #21623dfc
+# %% ../nbs/42a_init.ipynb #2a2e3421
 import sys as _sys
 from importlib.abc import Loader as _Loader, MetaPathFinder as _MetaPathFinder
 
@@ -49,5 +49,5 @@ def _install():
     if _REGISTRY in _sys.modules: _register()
     elif not any(type(f).__name__ == '_RegistryFinder' for f in _sys.meta_path): _sys.meta_path.insert(0, _RegistryFinder())
 
-# %% ../nbs/42a_init.ipynb #0a18454e
+# %% ../nbs/42a_init.ipynb #14850001
 _install()
