@@ -25,7 +25,7 @@ __all__ = ['LAYOUT_TENSORS', 'QUANT_METHOD', 'unpack_fast', 'dequantize_packed',
 # %% ../nbs/42_quantlinear.ipynb #9b833601
 _logger = logging.getLogger(__name__)
 
-# %% ../nbs/42_quantlinear.ipynb #9d917853
+# %% ../nbs/42_quantlinear.ipynb #c4d407f2
 LAYOUT_TENSORS = ('qweight', 'scales', 'qzeros', 'mins', 'g_idx', 'lut', 'sparse_crow', 'sparse_col', 'sparse_val')
 _BASE_KEYS = frozenset({'version', 'grid', 'bits', 'group_size', 'in_features', 'out_features'})
 _LITTLE = sys.byteorder == 'little'
@@ -33,24 +33,35 @@ _LITTLE = sys.byteorder == 'little'
 def unpack_fast(packed:Tensor, # (N, packed_words(n, bits)) int32 words
                 bits:int, # bits per code
                 n:int, # codes per row
-               )->Tensor: # (N, n) integer codes (uint8 or int32/int64)
+                out:Tensor|None=None, # optional float32 (N, >= 8*ceil(n/8)) buffer the codes are written into
+               )->Tensor: # (N, n) integer codes (uint8/int32/int64), or the (N, n) view of `out` holding them
     "The codes `unpack_codes` returns, from the words' bytes: 8 codes of `bits` bits fill exactly `bits` bytes."
+    n8 = -(-n // 8)                                                  # blocks of 8 codes, `bits` bytes each
+    if out is not None and (out.ndim != 2 or out.shape[1] < 8 * n8): raise ValueError(f"out must be (N, >= {8 * n8}), got {tuple(out.shape)}")
     if packed.dtype != torch.int32 or packed.ndim != 2 or packed.shape[1] != packed_words(n, bits) or not _LITTLE:
-        return unpack_codes(packed, bits, n)                         # its checks name the problem (and big-endian hosts)
+        q = unpack_codes(packed, bits, n)                            # its checks name the problem (and big-endian hosts)
+        if out is None: return q
+        out[:, :n] = q; return out[:, :n]
     N = packed.shape[0]
     by = packed.contiguous().view(torch.uint8)                       # (N, 4W): the bit stream, byte by byte
-    if bits == 8: return by[:, :n]
-    n8 = -(-n // 8)                                                  # blocks of 8 codes, `bits` bytes each
+    if bits == 8:
+        if out is None: return by[:, :n]
+        out[:, :n] = by[:, :n]; return out[:, :n]
     by = F.pad(by, (0, n8 * bits - by.shape[1])) if n8 * bits > by.shape[1] else by[:, :n8 * bits]
     mask = 2**bits - 1
     if 8 % bits == 0:                                                # 1, 2, 4 bits: whole codes in every byte
-        return torch.stack([(by >> (k * bits)) & mask for k in range(8 // bits)], -1).view(N, -1)[:, :n]
-    blk = by.reshape(N, n8, bits).to(torch.int32 if bits <= 3 else torch.int64)
-    v = blk[..., 0]
-    for i in range(1, bits): v = v | (blk[..., i] << (8 * i))        # the block's bits as one integer
-    return torch.stack([(v >> (k * bits)) & mask for k in range(8)], -1).view(N, -1)[:, :n]
+        src, planes = by, [(k * bits) for k in range(8 // bits)]
+    else:                                                            # 3, 5, 6, 7 bits: each block of `bits` bytes as one integer
+        blk = by.reshape(N, n8, bits).to(torch.int32 if bits <= 3 else torch.int64)
+        src = blk[..., 0]
+        for i in range(1, bits): src = src | (blk[..., i] << (8 * i))
+        planes = [(k * bits) for k in range(8)]
+    if out is None: return torch.stack([(src >> sh) & mask for sh in planes], -1).view(N, -1)[:, :n]
+    o = out[:, :8 * n8].view(N, src.shape[1], len(planes))           # code j of a block is plane j: strided writes, no stack
+    for k, sh in enumerate(planes): o[..., k] = (src >> sh) & mask
+    return out[:, :n]
 
-# %% ../nbs/42_quantlinear.ipynb #2f04a8bb
+# %% ../nbs/42_quantlinear.ipynb #4c8a1e80
 def _fast_ok(config:dict, tensors:dict)->bool:
     "True when the configuration and tensors are the layout table's, which `dequantize_packed` computes itself."
     return set(config) <= _BASE_KEYS and set(tensors) <= set(LAYOUT_TENSORS) and config.get('grid') in GRIDS
@@ -63,27 +74,30 @@ def dequantize_packed(config:dict, # a `PackedWeight` configuration
     if not _fast_ok(config, tensors): return PackedWeight(config, tensors).dequantize(dtype)
     c, t = config, tensors
     N, K, b, grid = c['out_features'], c['in_features'], c['bits'], c['grid']
-    q = unpack_fast(t['qweight'], b, K)
     if grid == 'codebook':
         if t['lut'].shape[1] != 2**b: return PackedWeight(config, tensors).dequantize(dtype)
-        W = t['lut'].float().gather(1, q.long())
+        W = t['lut'].float().gather(1, unpack_fast(t['qweight'], b, K).long())
     else:
         s = t['scales'].float()
         G, g = s.shape[1], (K if c['group_size'] is None else c['group_size'])
         zeros = t.get('qzeros') if grid == 'asym' else t.get('mins')
         z = unpack_fast(zeros, b, G).float() if grid == 'asym' else None if grid == 'sym' else zeros.float()
-        if 'g_idx' in t or G != -(-K // g):                         # act-order groups: index the statistics per column
+        dev = t['qweight'].device
+        contiguous = 'g_idx' not in t and G == -(-K // g)
+        P = max(G * g if contiguous else K, 8 * -(-K // 8))           # codes written straight into one float32 buffer
+        qf = torch.empty(N, P, dtype=torch.float32, device=dev)
+        unpack_fast(t['qweight'], b, K, out=qf)
+        if P > 8 * -(-K // 8): qf[:, 8 * -(-K // 8):].zero_()        # columns past the codes: never read, kept finite
+        if contiguous:                                              # contiguous groups: broadcast over (N, G, g), in place
+            v, s, z = qf[:, :G * g].view(N, G, g), s.unsqueeze(-1), (z.unsqueeze(-1) if z is not None else None)
+        else:                                                       # act-order groups: index the statistics per column
             gi = column_groups(K, c['group_size'], t.get('g_idx')).to(s.device)
             if int(gi.max()) >= G: return PackedWeight(config, tensors).dequantize(dtype)   # its error names the problem
-            s, z = s[:, gi], (z[:, gi] if z is not None else None)
-            qf = q.float()
-        else:                                                       # contiguous groups: broadcast over (N, G, g)
-            qf = F.pad(q.float(), (0, G * g - K)).view(N, G, g)
-            s, z = s.unsqueeze(-1), (z.unsqueeze(-1) if z is not None else None)
-        if grid == 'asym': W = s * (qf - z)
-        elif grid == 'sym': W = s * (qf - 2.0**(b - 1))
-        else: W = s * qf + z
-        W = W.reshape(N, -1)[:, :K]
+            v, s, z = qf[:, :K], s[:, gi], (z[:, gi] if z is not None else None)
+        if grid == 'asym': v.sub_(z).mul_(s)                         # s (q - z): the same two roundings as the reference
+        elif grid == 'sym': v.sub_(2.0**(b - 1)).mul_(s)
+        else: v.mul_(s).add_(z)                                     # s q + m
+        W = qf[:, :K]
     if 'sparse_crow' in t: W = W + sparse_dense(t['sparse_crow'], t['sparse_col'], t['sparse_val'], (N, K))
     return W.to(dtype)
 
