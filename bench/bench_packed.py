@@ -3,8 +3,9 @@
 For the default model (SmolLM2-135M-Instruct) it writes packed RTN checkpoints at 4, 3 and 2 bits (integer zero point,
 fp16 scales, groups of 128/128/64, dense tensors in float16) into a temporary folder, then measures each model —
 float32 and packed — in a fresh Python process: `import sensq`, `AutoModelForCausalLM.from_pretrained(DIR)` (load
-seconds), the bytes of parameters+buffers (`sensq.quantlinear.model_memory`), the process RSS after loading and at its
-peak, and greedy `generate()` of batch 1 with exactly `--new-tokens` new tokens (tokens/s, after one warm-up token).
+seconds), the bytes of parameters+buffers (`sensq.quantlinear.model_memory`), the process RSS after
+the imports (torch, transformers), after loading and at its peak (safetensors are memory-mapped, so RSS after
+loading counts only the pages touched), and greedy `generate()` of batch 1 with exactly `--new-tokens` new tokens (tokens/s, after one warm-up token).
 Prints a Markdown table. Packed layers run sensq's reference path (dequantize in torch, then matmul): this measures
 the memory the format saves and what the reference path costs, not a kernel.
 
@@ -22,6 +23,7 @@ import sensq
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from sensq.quantlinear import model_memory, rss_bytes, quant_layers
 t_import = time.perf_counter() - t0
+rss_import = rss_bytes()
 t1 = time.perf_counter()
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
@@ -38,7 +40,7 @@ with torch.no_grad():
     out = model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, **kw)
     t_gen = time.perf_counter() - t2
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps(dict(import_s=t_import, load_s=t_load, mem=mem, rss_load=rss_load, rss_peak=peak, gen_s=t_gen,
+print(json.dumps(dict(import_s=t_import, load_s=t_load, mem=mem, rss_import=rss_import, rss_load=rss_load, rss_peak=peak, gen_s=t_gen,
                       new_tokens=int(out.shape[1] - ids.shape[1]), prompt_tokens=int(ids.shape[1]),
                       packed_layers=len(quant_layers(model)),
                       text=tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)[:80])))
@@ -97,8 +99,8 @@ def main():
         variants.append((f'packed {b}-bit g{ROWS[b]}', d, st))
     print(f"# bench_packed: default model, batch 1, {a.new_tokens} new tokens (greedy), CPU {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {a.threads} threads; {time.strftime('%Y-%m-%d %H:%M')}")
-    cols = ['model', 'bits/w (linears)', 'disk MB', 'load s', 'params+buffers MB', 'RSS after load MB', 'peak RSS MB',
-            'tokens/s', 'load avg']
+    cols = ['model', 'bits/w (linears)', 'disk MB', 'load s', 'params+buffers MB', 'RSS after imports MB',
+            'RSS after load MB', 'peak RSS MB', 'tokens/s', 'load avg']
     print('| ' + ' | '.join(cols) + ' |'); print('|' + '---|' * len(cols))
     texts = []
     for name, d, st in variants:
@@ -106,7 +108,7 @@ def main():
         assert r['new_tokens'] == a.new_tokens, r
         bpw = '32' if st is None else f"{st['bits_per_weight']:.3f}"
         row = [name, bpw, f"{dir_bytes(d) / 1e6:.1f}", f"{r['load_s']:.2f}", f"{r['mem']['total'] / 1e6:.1f}",
-               f"{r['rss_load'] / 1e6:.0f}", f"{r['rss_peak'] / 1e6:.0f}", f"{a.new_tokens / r['gen_s']:.2f}", f"{r['load_avg']:.1f}"]
+               f"{r['rss_import'] / 1e6:.0f}", f"{r['rss_load'] / 1e6:.0f}", f"{r['rss_peak'] / 1e6:.0f}", f"{a.new_tokens / r['gen_s']:.2f}", f"{r['load_avg']:.1f}"]
         print('| ' + ' | '.join(row) + ' |', flush=True)
         texts.append((name, r['text']))
     print()
