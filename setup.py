@@ -18,6 +18,7 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 eval_requirements = shlex.split(cfg.get('eval_requirements', ''))  # `pip install 'sensq[eval]'`: lm-evaluation-harness
+export_requirements = shlex.split(cfg.get('export_requirements', ''))  # `pip install 'sensq[export]'`: compressed-tensors
 min_python = cfg['min_python']
 
 setuptools.setup(
@@ -32,7 +33,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={'sensq': ['task_data/*.yaml', 'task_data/*.jsonl']},  # the local lm-eval task (sensq.tasks)
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'eval': eval_requirements},
+    extras_require={'dev': dev_requirements, 'eval': eval_requirements, 'export': export_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
