@@ -14,6 +14,7 @@ from .core import check_finite
 from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_codes, dequantize_codes, storage_bits, rtn
 from .models import get_blocks, block_linear_layers, linear_layers, layer_kind
 from .hessian import InverseCholesky, damp_hessian, inverse_cholesky, dead_inputs, capture_block_inputs, run_block, layer_hessians
+from .hessian import on_device
 
 # %% auto #0
 __all__ = ['logger', 'act_order_permutation', 'BlockLoopResult', 'gptq_block_loop', 'check_weight_hessian', 'gidx_bits',
@@ -227,6 +228,7 @@ def sequential_quantize(model:nn.Module, # causal LM (Llama-style blocks)
                         true_sequential:bool=False, # re-take Hessians after each stage inside a block
                         batch_size:int=8, # sequences per block forward
                         progress:bool=True, # progress bar over blocks
+                        device:str|torch.device|None=None, # offload: the model stays where it is, one block at a time runs here
                        ) -> dict[str, dict]: # full layer name -> stats from quantize_layer
     "GPTQ's sequential driver: per block, Hessians from inputs through the already-quantized prefix, then quantize."
     selected = list(linear_layers(model, include=layers))
@@ -235,16 +237,17 @@ def sequential_quantize(model:nn.Module, # causal LM (Llama-style blocks)
     outside = [n for n in selected if n not in in_blocks]
     if outside: raise ValueError(f"layers {outside} are not inside a transformer block; block-wise quantization covers block layers only")
     hessian_fn = hessian_fn or layerwise_hessian_fn(batch_size)
-    inp = capture_block_inputs(model, calib)
+    inp = capture_block_inputs(model, calib, device=device)   # with `device`: the inputs stay there for the whole run
     hidden, stats = inp.hidden, {}
     for b in (progress_bar(range(len(blocks)), leave=False) if progress else range(len(blocks))):
         block, lins = blocks[b], block_linear_layers(blocks[b])
         names = [n for n in lins if f"{prefix}.{b}.{n}" in selected]
-        for stage in (true_sequential_stages(names) if true_sequential else [names] if names else []):
-            Hs = hessian_fn(model, b, hidden, inp.kwargs, calib, stage)
-            for n in stage: stats[f"{prefix}.{b}.{n}"] = quantize_layer(f"{prefix}.{b}.{n}", lins[n], Hs.pop(n))
-            del Hs
-        if b + 1 < len(blocks): hidden = run_block(block, hidden, inp.kwargs, batch_size)
+        with on_device(block, device):                          # no-op without `device`
+            for stage in (true_sequential_stages(names) if true_sequential else [names] if names else []):
+                Hs = hessian_fn(model, b, hidden, inp.kwargs, calib, stage)
+                for n in stage: stats[f"{prefix}.{b}.{n}"] = quantize_layer(f"{prefix}.{b}.{n}", lins[n], Hs.pop(n))
+                del Hs
+            if b + 1 < len(blocks): hidden = run_block(block, hidden, inp.kwargs, batch_size)
     return stats
 
 # %% ../nbs/20_gptq.ipynb #ecdd361a
@@ -260,6 +263,7 @@ def gptq_quantize_model(model:nn.Module, # causal LM, quantized in place
                         true_sequential:bool=False, # stages q/k/v, o, gate/up, down inside each block
                         hessian_fn:Callable|None=None, # Hessian provider (default: layer-wise 2XXᵀ/n)
                         batch_size:int=8, # sequences per block forward
+                        device:str|torch.device|None=None, # offload: model stays in place (e.g. CPU), one block at a time runs here
                        ) -> dict:
     "Quantize every selected linear layer with GPTQ, block by block; returns stats incl. exact bits per weight."
     if not isinstance(spec, QuantSpec): raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -271,7 +275,7 @@ def gptq_quantize_model(model:nn.Module, # causal LM, quantized in place
         logger.info("%s: GPTQ %s, loss %.4g, damping %g, retries %d", name, spec, float(r.losses.sum()), r.damping_used, r.retries)
         return dict(loss=float(r.losses.sum()), damping=r.damping_used, retries=r.retries, dead=int(r.dead.sum()),
                     bits=r.storage_bits, numel=r.codes.numel(), seconds=time.perf_counter() - t)
-    per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress)
+    per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress, device)
     bits, numel = sum(s['bits'] for s in per_layer.values()), sum(s['numel'] for s in per_layer.values())
     return dict(method='gptq', spec=str(spec), bits_per_weight=bits / numel, seconds=time.perf_counter() - t0,
                 n_layers=len(per_layer), retries=sum(s['retries'] for s in per_layer.values()),

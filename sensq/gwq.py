@@ -142,6 +142,8 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
                        blocksize:int=128, # GPTQ lazy block
                        batch_size:int=8, # sequences per block forward (GPTQ)
                        return_tensors:bool=False, # add the `DenseSparseTensor`s under 'tensors'
+                       device:str|torch.device|None=None, # offload (GPTQ base): model stays in place, one block at a time runs here
+                       grads:dict[str,Tensor]|None=None, # precomputed loss gradients (e.g. `sensq.distributed.dist_loss_gradient`): no gradient pass
                       ) -> dict:
     "GWQ: keep the top `ratio` of each matrix by gradient score in fp16, quantize the rest with RTN or GPTQ; in place."
     if base not in ('rtn', 'gptq'): raise ValueError(f"unknown GWQ base {base!r}; choose 'rtn' or 'gptq'")
@@ -151,7 +153,7 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
         names = list(lins)
         weights = {k: check_finite(l.weight.detach().float().clone(), f"{k}.weight") for k, l in lins.items()}
         with timer() as t_g:
-            grads = loss_gradient(model, calib[:n_grad], names, batch_size=grad_batch_size, progress=progress)
+            if grads is None: grads = loss_gradient(model, calib[:n_grad], names, batch_size=grad_batch_size, progress=progress)
         keep = gwq_masks(gwq_scores(grads, weights, score), ratio)
         del grads
         tensors, per_layer = {}, {}
@@ -166,9 +168,11 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
                 finish(name, gwq_rtn_layer(weights[name], keep[name], spec))
         else:
             def quantize_layer(name, lin, H):
-                r, vals = gptq_keep_quantize(lin.weight.data, H, spec, keep[name], blocksize, percdamp, act_order, name=name)
-                return finish(name, dense_sparse_from(weights[name], keep[name], r, values=vals), dict(loss=float(r.losses.sum())))
-            sequential_quantize(model, calib, quantize_layer, names, batch_size=batch_size, progress=progress)
+                dev = lin.weight.device                        # the block's device (the GPU under offload)
+                K, W = keep[name].to(dev), weights[name].to(dev)
+                r, vals = gptq_keep_quantize(lin.weight.data, H, spec, K, blocksize, percdamp, act_order, name=name)
+                return finish(name, dense_sparse_from(W, K, r, values=vals), dict(loss=float(r.losses.sum())))
+            sequential_quantize(model, calib, quantize_layer, names, batch_size=batch_size, progress=progress, device=device)
     bits, numel = sum(s['bits'] for s in per_layer.values()), sum(s['numel'] for s in per_layer.values())
     out = dict(method='gwq', base=base, spec=str(spec), bits_per_weight=bits / numel, seconds=t_all.seconds,
                grad_seconds=t_g.seconds, n_layers=len(per_layer), ratio=ratio, score=score, n_grad=n_grad,

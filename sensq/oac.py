@@ -43,12 +43,13 @@ def oac_quantize_model(model:nn.Module, # causal LM, quantized in place
                        oac_batch_size:int=1, # sequences per forward+backward when computing Ĥ_OAC
                        true_sequential:bool=False, # stages inside a block (recomputes Ĥ_OAC per stage: ~4x cost)
                        batch_size:int=8, # sequences per block forward when propagating inputs
+                       device:str|torch.device|None=None, # offload: model stays in place (e.g. CPU); blocks visit `device` one at a time
                        **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, round_zero, simplified_outliers
                       ) -> dict:
     "OAC: per block, output-adaptive Hessians from per-sample CE gradients, then SpQR-style quantization in place."
     fn = oac_hessian_fn(oac_batch_size)
     stats = spqr_quantize_model(model, calib, spec, layers, progress, tau, hessian_fn=fn,
-                                true_sequential=true_sequential, batch_size=batch_size, **spqr_params)
+                                true_sequential=true_sequential, batch_size=batch_size, device=device, **spqr_params)
     return {**stats, 'method': 'oac', 'hessian_seconds': fn.log.get('seconds', 0.0),
             'hessian_block_passes': fn.log.get('block_passes', 0), 'hessian_head_passes': fn.log.get('head_passes', 0),
             'oac_batch_size': oac_batch_size}

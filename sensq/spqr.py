@@ -244,6 +244,7 @@ def spqr_quantize_model(model:nn.Module, # causal LM, quantized in place
                         hessian_fn:Callable|None=None, # provider (model, b, hidden, kwargs, input_ids, names) -> {name: H}
                         true_sequential:bool=False, # stages q/k/v, o, gate/up, down inside each block
                         batch_size:int=8, # sequences per block forward
+                        device:str|torch.device|None=None, # offload: model stays in place (e.g. CPU), one block at a time runs here
                         **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, simplified_outliers
                        ) -> dict:
     "Quantize every selected linear layer SpQR-style, block by block, with a pluggable Hessian; stats incl. exact bpw."
@@ -260,7 +261,7 @@ def spqr_quantize_model(model:nn.Module, # causal LM, quantized in place
                     100 * r.n_outliers / r.codes.numel(), r.bits_per_weight)
         return dict(loss=float(r.losses.sum()), outliers=r.n_outliers, damping=r.damping_used, retries=r.retries,
                     bits=r.storage_bits, numel=r.codes.numel(), seconds=time.perf_counter() - t)
-    per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress)
+    per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress, device)
     bits, numel = sum(s['bits'] for s in per_layer.values()), sum(s['numel'] for s in per_layer.values())
     n_out = sum(s['outliers'] for s in per_layer.values())
     return dict(method='spqr', spec=str(spec), bits_per_weight=bits / numel, seconds=time.perf_counter() - t0,

@@ -15,6 +15,7 @@ from .models import linear_layers
 from .eval import lm_loss
 from .taylor import fisher_diagonal
 from .dense_sparse import fill_masked, CodebookTensor, DenseSparseTensor, dense_sparse_from, ds_bits, write_weight
+from .hessian import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def lloyd_1d(W:Tensor|None, # (R, C) values, one problem per row (or None with `
     R, C = ws.shape
     if init.dim() != 2 or init.shape[0] != R: raise ValueError(f"init must be (R, k) with R={R}, got {tuple(init.shape)}")
     c = init.double().sort(1).values
-    lo, hi = torch.zeros(R, 1, dtype=torch.long), torch.full((R, 1), C, dtype=torch.long)
+    lo, hi = torch.zeros(R, 1, dtype=torch.long, device=ws.device), torch.full((R, 1), C, dtype=torch.long, device=ws.device)
     prev, done = None, 0
     for _ in range(n_iter):
         b = torch.searchsorted(ws, ((c[:, :-1] + c[:, 1:]) / 2).contiguous(), right=True)  # cell boundaries (R, k-1)
@@ -78,7 +79,7 @@ def rtn_levels(W:Tensor, # (R, C) weight
     "The $2^b$ levels of each row's per-row asymmetric RTN grid, `(R, 2**bits)` fp32 (`sensq.quant` arithmetic)."
     spec = QuantSpec(bits=bits, group_size=None, sym=False)
     scale, zero = find_params(W.float(), spec)
-    q = torch.arange(spec.maxq + 1, dtype=torch.float32).expand(W.shape[0], -1)
+    q = torch.arange(spec.maxq + 1, dtype=torch.float32, device=W.device).expand(W.shape[0], -1)
     return dequantize_codes(q, scale, zero)
 
 def weighted_quantiles(W:Tensor|None, # (R, C) values (or None with `rows`)
@@ -90,15 +91,15 @@ def weighted_quantiles(W:Tensor|None, # (R, C) values (or None with `rows`)
     ws, _, Pf, _ = rows if rows is not None else sorted_rows(W, f)
     R, C = ws.shape
     tot = Pf[:, -1:]
-    cdf = torch.where(tot > 0, Pf[:, 1:] / torch.where(tot > 0, tot, 1.), torch.arange(1, C + 1, dtype=torch.float64) / C)
-    lev = ((torch.arange(k, dtype=torch.float64) + 0.5) / k).expand(R, -1).contiguous()
+    cdf = torch.where(tot > 0, Pf[:, 1:] / torch.where(tot > 0, tot, 1.), torch.arange(1, C + 1, dtype=torch.float64, device=ws.device) / C)
+    lev = ((torch.arange(k, dtype=torch.float64, device=ws.device) + 0.5) / k).expand(R, -1).contiguous()
     return ws.gather(1, torch.searchsorted(cdf.contiguous(), lev).clamp_max(C - 1))
 
 def _sample_rows(p:Tensor, gen:torch.Generator) -> Tensor:
     "One index per row drawn with probability proportional to `p` (uniform where a row sums to 0), by inverse CDF."
     p = torch.where(p.sum(1, keepdim=True) > 0, p, 1.)
     cum = p.cumsum(1)
-    u = torch.rand(p.shape[0], 1, generator=gen, dtype=torch.float64) * cum[:, -1:]
+    u = torch.rand(p.shape[0], 1, generator=gen, dtype=torch.float64).to(p.device) * cum[:, -1:]   # CPU draws: same on every device
     return torch.searchsorted(cum, u, right=True).clamp_max(p.shape[1] - 1)
 
 def kmeanspp_init(W:Tensor|None, # (R, C) values (or None with `rows`)
@@ -261,6 +262,7 @@ def squeezellm_quantize_model(model:nn.Module, # causal LM, modified in place
                               seed:int=0, # k-means++ seed
                               codebook_dtype=torch.float16, # stored centroid type
                               return_tensors:bool=False, # add the `DenseSparseTensor`s under 'tensors'
+                              device:str|torch.device|None=None, # run each layer's k-means there (e.g. 'cuda' for a model kept on the CPU)
                              ) -> dict:
     "SqueezeLLM-style Dense-and-Sparse quantization of every selected layer, in place; returns stats."
     with timer() as t_all:
@@ -278,7 +280,10 @@ def squeezellm_quantize_model(model:nn.Module, # causal LM, modified in place
                 smask = topk_mask(fi, n_of(sensitive, fi.numel()), exclude=mask)
                 n_sens += int(smask.sum()); mask = mask | smask
             n_out += int(omask[name].sum())
-            ds, st = squeezellm_layer(W, fi, spec.bits, mask, init=init, n_iter=n_iter, seed=seed, codebook_dtype=codebook_dtype)
+            dev = W.device if device is None else device   # one layer at a time on `device`, the result back beside W
+            ds, st = squeezellm_layer(W.to(dev), None if fi is None else fi.to(dev), spec.bits, mask.to(dev), init=init, n_iter=n_iter,
+                                      seed=seed, codebook_dtype=codebook_dtype)
+            ds = to_device(ds, W.device)
             write_weight(lins[name], ds)
             b = ds_bits(ds)
             bits += b['total']; n_w += b['n']; bits_csr += ds_bits(ds, 'csr32')['total']

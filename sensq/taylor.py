@@ -255,20 +255,22 @@ def fisher_diagonal(model:nn.Module, # causal LM (eval mode)
     gen, count = torch.Generator().manual_seed(seed), 0
     with grad_only(model, ps):
         for i in _bar(range(len(calib)), progress):
-            nll = token_nll(model, calib[i:i+1])[0]   # (T,) per-token losses of window i
-            if mode == 'window':
-                terms, idx = [nll.mean()], [None]
-            else:
-                T = len(nll)
-                k = T if tokens_per_window is None else min(tokens_per_window, T)
-                idx = torch.randperm(T, generator=gen)[:k].tolist() if k < T else list(range(T))
-                terms = [nll[t] for t in idx]
-            for j, term in enumerate(terms):
-                gs = torch.autograd.grad(term, ps, retain_graph=j < len(terms) - 1)
-                for n, gi in zip(names, gs): acc[n] += gi.float().pow(2)
-                count += 1
-            del nll, terms
+            count += _fisher_window(model, calib[i:i+1], names, ps, acc, mode, tokens_per_window, gen)
     return {n: a / count for n, a in acc.items()}
+
+def _fisher_window(model, window, names, ps, acc, mode, tokens_per_window, gen) -> int:
+    "Add one window's squared per-token (or per-window) gradients into the fp32 `acc`; return how many terms were added."
+    nll = token_nll(model, window)[0]   # (T,) per-token losses of the window
+    if mode == 'window': terms = [nll.mean()]
+    else:
+        T = len(nll)
+        k = T if tokens_per_window is None else min(tokens_per_window, T)
+        idx = torch.randperm(T, generator=gen)[:k].tolist() if k < T else list(range(T))
+        terms = [nll[t] for t in idx]
+    for j, term in enumerate(terms):
+        gs = torch.autograd.grad(term, ps, retain_graph=j < len(terms) - 1)
+        for n, gi in zip(names, gs): acc[n] += gi.float().pow(2)
+    return len(terms)
 
 def fisher_scores(fisher:dict[str, Tensor], # Fisher diagonal {layer: F_ii}
                   deltas:dict[str, Tensor], # {layer: Δw}
@@ -294,12 +296,13 @@ def input_hessians(model:nn.Module, # model (eval mode)
     mods = dict(model.named_modules())
     unknown = [n for n in layers if not isinstance(mods.get(n), nn.Linear)]
     if unknown: raise ValueError(f"unknown linear layer(s) {unknown}")
-    H = {n: torch.zeros(mods[n].in_features, mods[n].in_features, dtype=torch.float64) for n in layers}
+    # fp64 running sum on the layer's device; each chunk's XᵀX is one fp32 product (cheap on any GPU, error ~ eps32·√tokens)
+    H = {n: torch.zeros(mods[n].in_features, mods[n].in_features, dtype=torch.float64, device=mods[n].weight.device) for n in layers}
     ntok = {n: 0 for n in layers}
     def hook(name):
         def f(mod, inp, out):
-            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
-            H[name] += 2 * x.T @ x; ntok[name] += len(x)
+            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).to(H[name].device, torch.float32)
+            H[name] += (2 * x.T @ x).double(); ntok[name] += len(x)
         return f
     handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
     try:
@@ -327,10 +330,10 @@ def obs_scores(deltas:dict[str, Tensor], # {layer: ΔW} (use -W for pruning sali
     out = {}
     for n, d in deltas.items():
         if n not in hessians: raise ValueError(f"no input Hessian for layer {n!r}")
-        H = hessians[n].double()
-        H = H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype)
+        H = hessians[n].double()                               # fp64 Cholesky: d_col³/3 flops, once per layer
+        H = H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype, device=H.device)
         L, info = torch.linalg.cholesky_ex(H)
         if info != 0: raise ValueError(f"input Hessian of {n!r} is not positive definite even with damp={damp}; increase damp")
         Hinv_diag = torch.cholesky_inverse(L).diagonal()
-        out[n] = (d.double().pow(2) / (2 * Hinv_diag)).float()
+        out[n] = (d.to(H.device).double().pow(2) / (2 * Hinv_diag)).float()
     return out
