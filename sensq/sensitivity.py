@@ -46,7 +46,7 @@ def metric_scores(model:nn.Module, # model with the original weights (eval mode)
         return pqi(model, calib, deltas, N=N, rule=rule, batch_size=batch_size, checkpoint=checkpoint, progress=progress).scores
     if metric == 'taylor1':
         g = loss_gradient(model, calib, names, batch_size, progress=progress)
-        return {n: g[n] * deltas[n].float() for n in names}
+        return {n: g[n] * deltas[n].to(g[n].device).float() for n in names}
     if metric == 'taylor2':
         ts = taylor_scores(model, calib, deltas, batch_size, progress=progress)
         return {n: ts['first'][n] + ts['second'][n] for n in names}
@@ -97,7 +97,7 @@ def score_stats(scores:dict[str, Tensor], # per-element scores
 def _ranks(x:Tensor) -> Tensor:
     "Average ranks (ties share their mean rank), float64."
     srt, idx = x.sort()
-    r = torch.empty(len(x), dtype=torch.float64); r[idx] = torch.arange(len(x), dtype=torch.float64)
+    r = torch.empty(len(x), dtype=torch.float64, device=x.device); r[idx] = torch.arange(len(x), dtype=torch.float64, device=x.device)
     _, inv, counts = torch.unique_consecutive(srt, return_inverse=True, return_counts=True)
     if (counts > 1).any():   # average ranks within tied runs
         first = torch.cumsum(counts, 0) - counts
@@ -120,11 +120,11 @@ def top_overlap(a:Tensor, # scores
     "Overlap |A∩B|/k of the top-`fraction` sets of a and b ranked by magnitude."
     k = max(1, round(fraction * len(a)))
     ia, ib = a.abs().topk(k).indices, b.abs().topk(k).indices
-    m = torch.zeros(len(a), dtype=torch.bool); m[ia] = True
+    m = torch.zeros(len(a), dtype=torch.bool, device=a.device); m[ia] = True
     return m[ib].sum().item() / k
 
 def _top_mask(x:Tensor, k:int) -> Tensor:
-    m = torch.zeros(len(x), dtype=torch.bool); m[x.abs().topk(k).indices] = True
+    m = torch.zeros(len(x), dtype=torch.bool, device=x.device); m[x.abs().topk(k).indices] = True
     return m
 
 def rank_agreement(metrics:dict[str, dict[str, Tensor]], # {metric name: per-element scores over the same layers}
@@ -199,6 +199,7 @@ def sensitivity_report(model:nn.Module, # model with the original weights (eval 
     F0 = calib_loss(model, calib, batch_size)
     dF = actual_delta(model, calib, deltas, batch_size=batch_size, F0=F0)
     with timer() as tm: scores = metric_scores(model, calib, deltas, metric, batch_size=batch_size, progress=progress, **params)
+    scores = {n: s.float().cpu() for n, s in scores.items()}   # statistics and plots on the CPU, wherever the model runs
     stats, totals = score_stats(scores), layer_totals(scores)
     rows = []
     for n in _bar(list(deltas), progress and actual_per_layer):

@@ -219,8 +219,8 @@ def taylor_scores(model:nn.Module, # model with the original weights (eval mode)
                  ) -> dict[str, dict[str, Tensor]]:
     "Per-element first-order $g_i\\Delta w_i$ and second-order $\\frac12\\Delta w_i(H\\Delta w)_i$ scores: {'first': …, 'second': …}."
     g, Hv = hvp(model, calib, deltas, batch_size, loss_fn, progress)
-    first = {n: g[n] * deltas[n].float() for n in deltas}
-    second = {n: 0.5 * Hv[n] * deltas[n].float() for n in deltas}
+    first = {n: g[n] * deltas[n].to(g[n].device).float() for n in deltas}     # on the layer's device
+    second = {n: 0.5 * Hv[n] * deltas[n].to(Hv[n].device).float() for n in deltas}
     return {'first': first, 'second': second}
 
 def predicted_delta(scores:dict[str, Tensor], # per-element scores {layer: tensor}
@@ -278,7 +278,7 @@ def fisher_scores(fisher:dict[str, Tensor], # Fisher diagonal {layer: F_ii}
     "Per-element Fisher scores $\\frac12 F_{ii}\\Delta w_i^2$."
     missing = [n for n in deltas if n not in fisher]
     if missing: raise ValueError(f"no Fisher diagonal for layer(s) {missing}")
-    return {n: 0.5 * fisher[n] * deltas[n].float().pow(2) for n in deltas}
+    return {n: 0.5 * fisher[n] * deltas[n].to(fisher[n].device).float().pow(2) for n in deltas}
 
 # %% ../nbs/10_taylor.ipynb #1d0ab4d3
 @torch.no_grad()
@@ -318,7 +318,7 @@ def layerwise_scores(deltas:dict[str, Tensor], # {layer: ΔW (d_row, d_col)}
     "Per-element layer-wise scores $\\Delta W_{ij}(\\Delta W H_X)_{ij}$; their sum is $\\operatorname{tr}(\\Delta W H_X\\Delta W^\\top)$."
     missing = [n for n in deltas if n not in hessians]
     if missing: raise ValueError(f"no input Hessian for layer(s) {missing}")
-    return {n: deltas[n].float() * (deltas[n].float() @ hessians[n]) for n in deltas}
+    return {n: (d := deltas[n].to(hessians[n].device).float()) * (d @ hessians[n]) for n in deltas}
 
 # %% ../nbs/10_taylor.ipynb #5fbfbe91
 def obs_scores(deltas:dict[str, Tensor], # {layer: ΔW} (use -W for pruning saliency)
