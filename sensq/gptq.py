@@ -239,7 +239,8 @@ def sequential_quantize(model:nn.Module, # causal LM (Llama-style blocks)
     hessian_fn = hessian_fn or layerwise_hessian_fn(batch_size)
     inp = capture_block_inputs(model, calib, device=device)   # with `device`: the inputs stay there for the whole run
     hidden, stats = inp.hidden, {}
-    for b in (progress_bar(range(len(blocks)), leave=False) if progress else range(len(blocks))):
+    last = max(b for b, blk in enumerate(blocks) if any(f"{prefix}.{b}.{n}" in selected for n in block_linear_layers(blk)))
+    for b in (progress_bar(range(last + 1), leave=False) if progress else range(last + 1)):   # nothing to do past the last selected block
         block, lins = blocks[b], block_linear_layers(blocks[b])
         names = [n for n in lins if f"{prefix}.{b}.{n}" in selected]
         with on_device(block, device):                          # no-op without `device`
