@@ -40,7 +40,7 @@ def cuda_cells(nb: Path) -> list:
 
 def dry_runnable(nb: Path) -> bool:
     "Cells that take their device from `sensq.devices` (and can therefore run on the CPU with SENSQ_TEST_DEVICE=cpu)."
-    return all('sensq.devices import' in s for s in cuda_cells(nb))
+    return any('sensq.devices import' in s for s in cuda_cells(nb))
 
 def notebooks_with_cuda(root: Path = ROOT) -> list:
     return sorted(p for p in (root / 'nbs').glob('*.ipynb') if not p.name.startswith('_') and cuda_cells(p))
@@ -83,7 +83,7 @@ def main(argv=None):
     if a.dry_run: os.environ['SENSQ_TEST_DEVICE'] = 'cpu'
     sys.path.insert(0, str(ROOT))
     import torch
-    nbs = [Path(n).resolve() for n in a.notebooks] or notebooks_with_cuda()
+    nbs = [p for p in (Path(n).resolve() for n in a.notebooks) if cuda_cells(p)] or ([] if a.notebooks else notebooks_with_cuda())
     if not a.dry_run and not torch.cuda.is_available():
         print(f"CUDA not available: {sum(len(cuda_cells(n)) for n in nbs)} cuda cells in {len(nbs)} notebooks skipped"); return 0
     res = []
