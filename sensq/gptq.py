@@ -15,6 +15,7 @@ from .quant import QuantSpec, group_bounds, num_groups, find_params, quantize_co
 from .models import get_blocks, block_linear_layers, linear_layers, layer_kind
 from .hessian import InverseCholesky, damp_hessian, inverse_cholesky, dead_inputs, capture_block_inputs, run_block, layer_hessians
 from .pack import PackedWeight, pack_uniform, with_sparse, grid_of, packed_summary
+from .hessian import on_device
 
 # %% auto #0
 __all__ = ['logger', 'act_order_permutation', 'BlockLoopResult', 'gptq_block_loop', 'check_weight_hessian', 'gidx_bits',
@@ -236,6 +237,7 @@ def sequential_quantize(model:nn.Module, # causal LM (Llama-style blocks)
                         true_sequential:bool=False, # re-take Hessians after each stage inside a block
                         batch_size:int=8, # sequences per block forward
                         progress:bool=True, # progress bar over blocks
+                        device:str|torch.device|None=None, # offload: the model stays where it is, one block at a time runs here
                        ) -> dict[str, dict]: # full layer name -> stats from quantize_layer
     "GPTQ's sequential driver: per block, Hessians from inputs through the already-quantized prefix, then quantize."
     selected = list(linear_layers(model, include=layers))
@@ -244,16 +246,18 @@ def sequential_quantize(model:nn.Module, # causal LM (Llama-style blocks)
     outside = [n for n in selected if n not in in_blocks]
     if outside: raise ValueError(f"layers {outside} are not inside a transformer block; block-wise quantization covers block layers only")
     hessian_fn = hessian_fn or layerwise_hessian_fn(batch_size)
-    inp = capture_block_inputs(model, calib)
+    inp = capture_block_inputs(model, calib, device=device)   # with `device`: the inputs stay there for the whole run
     hidden, stats = inp.hidden, {}
-    for b in (progress_bar(range(len(blocks)), leave=False) if progress else range(len(blocks))):
+    last = max(b for b, blk in enumerate(blocks) if any(f"{prefix}.{b}.{n}" in selected for n in block_linear_layers(blk)))
+    for b in (progress_bar(range(last + 1), leave=False) if progress else range(last + 1)):   # nothing to do past the last selected block
         block, lins = blocks[b], block_linear_layers(blocks[b])
         names = [n for n in lins if f"{prefix}.{b}.{n}" in selected]
-        for stage in (true_sequential_stages(names) if true_sequential else [names] if names else []):
-            Hs = hessian_fn(model, b, hidden, inp.kwargs, calib, stage)
-            for n in stage: stats[f"{prefix}.{b}.{n}"] = quantize_layer(f"{prefix}.{b}.{n}", lins[n], Hs.pop(n))
-            del Hs
-        if b + 1 < len(blocks): hidden = run_block(block, hidden, inp.kwargs, batch_size)
+        with on_device(block, device):                          # no-op without `device`
+            for stage in (true_sequential_stages(names) if true_sequential else [names] if names else []):
+                Hs = hessian_fn(model, b, hidden, inp.kwargs, calib, stage)
+                for n in stage: stats[f"{prefix}.{b}.{n}"] = quantize_layer(f"{prefix}.{b}.{n}", lins[n], Hs.pop(n))
+                del Hs
+            if b + 1 < len(blocks): hidden = run_block(block, hidden, inp.kwargs, batch_size)
     return stats
 
 # %% ../nbs/20_gptq.ipynb #ecdd361a
@@ -270,6 +274,7 @@ def gptq_quantize_model(model:nn.Module, # causal LM, quantized in place
                         hessian_fn:Callable|None=None, # Hessian provider (default: layer-wise 2XXᵀ/n)
                         batch_size:int=8, # sequences per block forward
                         pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
+                        device:str|torch.device|None=None, # offload: model stays in place (e.g. CPU), one block at a time runs here
                        ) -> dict:
     "Quantize every selected linear layer with GPTQ, block by block; stats with the stored bits per weight (packed bytes)."
     if not isinstance(spec, QuantSpec): raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -278,11 +283,11 @@ def gptq_quantize_model(model:nn.Module, # causal LM, quantized in place
         t = time.perf_counter()
         r = gptq_quantize(lin.weight.data, H, spec, blocksize, percdamp, act_order, static_groups, name=name)
         lin.weight.data.copy_(r.Q)
-        packed[name] = pw = r.packed()
+        packed[name] = pw = r.packed().to('cpu')    # packed results gather on the CPU (offload keeps the GPU for one block)
         logger.info("%s: GPTQ %s, loss %.4g, damping %g, retries %d", name, spec, float(r.losses.sum()), r.damping_used, r.retries)
         return dict(loss=float(r.losses.sum()), damping=r.damping_used, retries=r.retries, dead=int(r.dead.sum()),
                     bits=8 * pw.nbytes(), numel=r.codes.numel(), seconds=time.perf_counter() - t)
-    per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress)
+    per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress, device)
     summ = packed_summary(packed)
     return dict(method='gptq', spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
                 seconds=time.perf_counter() - t0, n_layers=len(per_layer), retries=sum(s['retries'] for s in per_layer.values()),

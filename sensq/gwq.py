@@ -149,6 +149,8 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
                        batch_size:int=8, # sequences per block forward (GPTQ)
                        return_tensors:bool=False, # add the `DenseSparseTensor`s under 'tensors'
                        pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
+                       device:str|torch.device|None=None, # offload (GPTQ base): model stays in place, one block at a time runs here
+                       grads:dict[str,Tensor]|None=None, # precomputed loss gradients (e.g. `sensq.distributed.dist_loss_gradient`): no gradient pass
                       ) -> dict:
     "GWQ: keep the top `ratio` of each matrix by gradient score in fp16, quantize the rest with RTN or GPTQ; in place."
     if base not in ('rtn', 'gptq'): raise ValueError(f"unknown GWQ base {base!r}; choose 'rtn' or 'gptq'")
@@ -158,13 +160,13 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
         names = list(lins)
         weights = {k: check_finite(l.weight.detach().float().clone(), f"{k}.weight") for k, l in lins.items()}
         with timer() as t_g:
-            grads = loss_gradient(model, calib[:n_grad], names, batch_size=grad_batch_size, progress=progress)
+            if grads is None: grads = loss_gradient(model, calib[:n_grad], names, batch_size=grad_batch_size, progress=progress)
         keep = gwq_masks(gwq_scores(grads, weights, score), ratio)
         del grads
         tensors, per_layer, packed = {}, {}, {}
         def finish(name, ds, extra={}):
             write_weight(lins[name], ds)
-            packed[name] = pw = ds.packed()
+            packed[name] = pw = ds.packed().to('cpu')
             per_layer[name] = dict(bits=8 * pw.nbytes(), numel=pw.shape[0] * pw.shape[1], nnz=ds.nnz, **extra)
             if return_tensors: tensors[name] = ds
             return per_layer[name]
@@ -173,9 +175,11 @@ def gwq_quantize_model(model:nn.Module, # causal LM, modified in place
                 finish(name, gwq_rtn_layer(weights[name], keep[name], spec))
         else:
             def quantize_layer(name, lin, H):
-                r, S = gptq_keep_quantize(lin.weight.data, H, spec, keep[name], blocksize, percdamp, act_order, name=name)
-                return finish(name, dense_sparse_from(weights[name], keep[name], r, sparse=S), dict(loss=float(r.losses.sum())))
-            sequential_quantize(model, calib, quantize_layer, names, batch_size=batch_size, progress=progress)
+                dev = lin.weight.device                        # the block's device (the GPU under offload)
+                K, W = keep[name].to(dev), weights[name].to(dev)
+                r, S = gptq_keep_quantize(lin.weight.data, H, spec, K, blocksize, percdamp, act_order, name=name)
+                return finish(name, dense_sparse_from(W, K, r, sparse=S), dict(loss=float(r.losses.sum())))
+            sequential_quantize(model, calib, quantize_layer, names, batch_size=batch_size, progress=progress, device=device)
     summ = packed_summary(packed)
     out = dict(method='gwq', base=base, spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
                paper_bits_per_weight=summ['paper_bits_per_weight'], seconds=t_all.seconds,

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_hessian.ipynb #68f98e29
 from __future__ import annotations
-import logging, math
+import contextlib, dataclasses, itertools, logging, math
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -14,8 +14,8 @@ from .models import get_blocks, block_linear_layers
 
 # %% auto #0
 __all__ = ['logger', 'HessianProvider', 'LayerHessian', 'OACHessian', 'dead_inputs', 'damp_hessian', 'InverseCholesky',
-           'inverse_cholesky', 'BlockInputs', 'capture_block_inputs', 'run_block', 'layer_hessians',
-           'final_norm_and_head', 'loss_from_block', 'oac_hessians', 'oac_cost']
+           'inverse_cholesky', 'module_device', 'on_device', 'to_device', 'BlockInputs', 'capture_block_inputs',
+           'run_block', 'layer_hessians', 'final_norm_and_head', 'loss_from_block', 'oac_hessians', 'oac_cost']
 
 # %% ../nbs/11_hessian.ipynb #cd4d75d4
 logger = logging.getLogger('sensq.hessian')
@@ -132,6 +132,51 @@ def inverse_cholesky(H:Tensor, # (d_col, d_col) Hessian (layer-wise or output-ad
         percdamp = max(percdamp, 1e-8) * growth
     raise ValueError(f"{name}: Hessian is not positive definite even with percdamp={percdamp / growth:g} after {max_tries} tries")
 
+# %% ../nbs/11_hessian.ipynb #888fc2f4
+def module_device(m:nn.Module, # any module
+                 ) -> torch.device|None:
+    "Device of the first parameter (or buffer) of `m`; None when it has neither."
+    for t in itertools.chain(m.parameters(), m.buffers()): return t.device
+    return None
+
+def _outside(m:nn.Module, skip:nn.Module):
+    "Parameters and buffers of `m` that are not inside `skip`."
+    inside = {id(t) for t in itertools.chain(skip.parameters(), skip.buffers())}
+    return [t for t in itertools.chain(m.parameters(), m.buffers()) if id(t) not in inside]
+
+def _place(m:nn.Module, device, skip:nn.Module|None=None):
+    "Move `m`'s parameters and buffers to `device` in place (a tied weight moves once, for all its users), except inside `skip`."
+    if skip is None: m.to(device); return
+    if m is skip: return
+    for c in m.children(): _place(c, device, skip)
+    for p in m.parameters(recurse=False): p.data = p.data.to(device)
+    for k, t in list(m.named_buffers(recurse=False)): setattr(m, k, t.to(device))
+
+@contextlib.contextmanager
+def on_device(m:nn.Module, # module to move
+              device:str|torch.device|None, # where it runs inside the block; None: leave everything where it is
+              skip:nn.Module|None=None, # a submodule that stays where it is (e.g. the blocks)
+             ):
+    "Context manager: `m` (except `skip`) on `device` inside the block, moved back to where it was on exit."
+    if device is None: yield m; return
+    ts = _outside(m, skip) if skip is not None else list(itertools.chain(m.parameters(), m.buffers()))
+    home = ts[0].device if ts else None
+    if home is None: yield m; return
+    _place(m, device, skip)
+    try: yield m
+    finally: _place(m, home, skip)
+
+def to_device(obj, # a tensor, or a dataclass / dict / list / tuple holding tensors
+              device:str|torch.device, # destination
+             ):
+    "A copy of `obj` with every tensor in it moved to `device` (dataclasses rebuilt with `dataclasses.replace`)."
+    if isinstance(obj, Tensor): return obj.to(device)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj) if f.init})
+    if isinstance(obj, dict): return type(obj)((k, to_device(v, device)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'): return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
 # %% ../nbs/11_hessian.ipynb #6fb10f2c
 @dataclass
 class BlockInputs:
@@ -153,10 +198,15 @@ def _device(model): return next(model.parameters()).device
 @torch.no_grad()
 def capture_block_inputs(model:nn.Module, # causal LM (e.g. LlamaForCausalLM)
                          calib:Tensor, # (n, seqlen) token ids
+                         device:str|torch.device|None=None, # offload: run the modules before block 0 there (moved and back); inputs stay there
                         ) -> BlockInputs:
     "Run the embedding part of `model` on each calibration sequence and record what block 0 receives (GPTQ's Catcher)."
     _check_ids(calib)
-    block0, dev = get_blocks(model)[0], _device(model)
+    with on_device(model, device, skip=get_blocks(model)): return _capture(model, calib)
+
+def _capture(model, calib):
+    emb = model.get_input_embeddings() if hasattr(model, 'get_input_embeddings') else None
+    block0, dev = get_blocks(model)[0], (emb.weight.device if emb is not None else _device(model))
     hidden, kw = [], {}
     def catch(mod, args, kwargs):
         kwargs = dict(kwargs)
@@ -242,6 +292,9 @@ def oac_hessians(model:nn.Module, # causal LM; blocks before `b` may already be 
                  names:list[str]|None=None, # block-relative layer names (default: all linear layers of the block)
                  batch_size:int=1, # sequences per forward+backward (per-sample gradients still separate)
                  progress:bool=False, # show a progress bar over micro-batches
+                 offload:bool|None=None, # one block at a time on `hidden.device` (None: when later blocks or the head are elsewhere)
+                 stash:str|torch.device='cpu', # offload: where the later blocks' inputs wait between forward and backward
+                 wave:int|None=None, # offload: sequences per pass through the later blocks (None: all; bounds the stash)
                 ) -> dict[str, Tensor]:
     "Output-adaptive `Ĥ_OAC = mean_n G_nᵀG_n` (fp32) for block `b`'s linear layers, from per-sequence CE gradients."
     _check_ids(input_ids, 'input_ids')
@@ -251,15 +304,18 @@ def oac_hessians(model:nn.Module, # causal LM; blocks before `b` may already be 
     blocks = get_blocks(model)
     if not 0 <= b < len(blocks): raise ValueError(f"block index {b} out of range for a model with {len(blocks)} blocks")
     lins = _select(blocks[b], names)
-    provs = {n: OACHessian(l.in_features, device=l.weight.device) for n, l in lins.items()}
+    if wave is not None and wave < 1: raise ValueError(f"wave must be >= 1, got {wave}")
+    if offload is None: offload = _elsewhere(model, b, hidden.device)
+    provs = {n: OACHessian(l.in_features, device=hidden.device if offload else l.weight.device) for n, l in lins.items()}
     flags = {p: p.requires_grad for p in model.parameters()}
     xs, outs = {}, {}
     def rec(m, a, o, n): xs[n], outs[n] = a[0].detach(), o
-    hooks = [l.register_forward_hook(lambda m, a, o, n=n: rec(m, a, o, n)) for n, l in lins.items()]
+    hooks = [] if offload else [l.register_forward_hook(lambda m, a, o, n=n: rec(m, a, o, n)) for n, l in lins.items()]
     try:
         for p in model.parameters(): p.requires_grad_(False)
         for l in lins.values(): l.weight.requires_grad_(True)
-        starts = range(0, len(hidden), batch_size)
+        if offload: _oac_offloaded(model, b, hidden, kwargs, input_ids, lins, provs, batch_size, progress, stash, wave or len(hidden))
+        starts = range(0, len(hidden), batch_size) if not offload else []
         with torch.enable_grad():
             for i in (progress_bar(starts, leave=False) if progress else starts):
                 losses = loss_from_block(model, b, hidden[i:i+batch_size], kwargs, input_ids[i:i+batch_size])
@@ -273,6 +329,52 @@ def oac_hessians(model:nn.Module, # causal LM; blocks before `b` may already be 
         for h in hooks: h.remove()
         for p, f in flags.items(): p.requires_grad_(f)
     return {n: p.finalize() for n, p in provs.items()}
+
+def _elsewhere(model, b, dev) -> bool:
+    "True when a block after `b`, the final norm or the head is not on `dev` (and the model is not dispatched by accelerate)."
+    if any(hasattr(m, '_hf_hook') for m in model.modules()): return False   # accelerate moves activations itself
+    mods = list(get_blocks(model)[b:]) + list(final_norm_and_head(model))
+    return any(t.device != dev for m in mods for t in itertools.chain(m.parameters(), m.buffers()))
+
+def _oac_offloaded(model, b, hidden, kwargs, input_ids, lins, provs, batch_size, progress, stash, wave):
+    "`oac_hessians` with one module on `hidden.device` at a time: forward through the later blocks, head, then backward block by block."
+    dev, blocks = hidden.device, get_blocks(model)
+    norm, head = final_norm_and_head(model)
+    for w0 in range(0, len(hidden), wave):
+        mbs = [slice(i, min(i + batch_size, w0 + wave, len(hidden))) for i in range(w0, min(w0 + wave, len(hidden)), batch_size)]
+        h, saved = [hidden[sl] for sl in mbs], []               # saved[k-b]: inputs of block k, one per micro-batch
+        for k in range(b, len(blocks)):                         # forward without a graph; each block visits the device once
+            saved.append(h if k == b else [x.to(stash) for x in h])
+            with on_device(blocks[k], dev), torch.no_grad(): h = [_block_out(blocks[k](x, **kwargs)) for x in h]
+        D = []                                                  # dℓ/d(output of the last block), per micro-batch
+        with on_device(norm, dev), on_device(head, dev), torch.enable_grad():
+            for x, sl in zip(h, mbs):
+                x = x.detach().requires_grad_(True)
+                logits = head(norm(x))[:, :-1].float()
+                ce = F.cross_entropy(logits.transpose(1, 2), input_ids[sl, 1:].to(dev), reduction='none').mean(1)
+                check_finite(ce.detach(), f"loss from block {b}")
+                D.append(torch.autograd.grad(ce.sum(), x)[0])
+        del h
+        ks = range(len(blocks) - 1, b - 1, -1)
+        for k in (progress_bar(ks, leave=False) if progress else ks):   # backward, last block first: recompute, then grad
+            with on_device(blocks[k], dev), torch.enable_grad():
+                for j in range(len(mbs)):
+                    x = saved[k - b][j].to(dev)
+                    if k > b:
+                        x.requires_grad_(True)
+                        D[j] = torch.autograd.grad(_block_out(blocks[k](x, **kwargs)), x, grad_outputs=D[j])[0]
+                        continue
+                    xs, outs = {}, {}
+                    hooks = [l.register_forward_hook(lambda m, a, o, n=n: xs.__setitem__(n, a[0].detach()) or outs.__setitem__(n, o))
+                             for n, l in lins.items()]
+                    try: y = _block_out(blocks[k](x, **kwargs))
+                    finally:
+                        for hk in hooks: hk.remove()
+                    ns = list(outs)
+                    ds = torch.autograd.grad(y, [outs[n] for n in ns], grad_outputs=D[j], allow_unused=True)
+                    for n, d in zip(ns, ds): provs[n].update_factors(xs[n], torch.zeros_like(outs[n]) if d is None else d)
+                    del xs, outs, ds, y
+            saved[k - b] = None
 
 def oac_cost(n_blocks:int, # L, blocks in the model
              n:int, # calibration sequences

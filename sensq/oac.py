@@ -44,12 +44,13 @@ def oac_quantize_model(model:nn.Module, # causal LM, quantized in place
                        true_sequential:bool=False, # stages inside a block (recomputes Ĥ_OAC per stage: ~4x cost)
                        batch_size:int=8, # sequences per block forward when propagating inputs
                        pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
+                       device:str|torch.device|None=None, # offload: model stays in place (e.g. CPU); blocks visit `device` one at a time
                        **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, simplified_outliers, outlier_dtype
                       ) -> dict:
     "OAC: per block, output-adaptive Hessians from per-sample CE gradients, then SpQR-style quantization in place."
     fn = oac_hessian_fn(oac_batch_size)
     stats = spqr_quantize_model(model, calib, spec, layers, progress, tau, hessian_fn=fn,
-                                true_sequential=true_sequential, batch_size=batch_size, pack=pack, **spqr_params)
+                                true_sequential=true_sequential, batch_size=batch_size, pack=pack, device=device, **spqr_params)
     return {**stats, 'method': 'oac', 'hessian_seconds': fn.log.get('seconds', 0.0),
             'hessian_block_passes': fn.log.get('block_passes', 0), 'hessian_head_passes': fn.log.get('head_passes', 0),
             'oac_batch_size': oac_batch_size}

@@ -182,6 +182,9 @@ class PackedWeight:
 
     @property
     def shape(self)->tuple: return (self.config['out_features'], self.config['in_features'])
+    def to(self, device)->PackedWeight:
+        "A copy with every tensor on `device` (config shared; dtypes kept)."
+        return PackedWeight(self.config, {n: t.to(device) for n, t in self.tensors.items()})
 
     def nbytes(self)->int:
         "Bytes of every stored tensor."

@@ -151,6 +151,7 @@ def pqi(model:nn.Module, # model holding the ORIGINAL weights (eval mode); resto
         max_steps:int|None=None, # stop this call after that many steps (result incomplete)
         kernel:str='auto', # fused step: 'torch', 'triton', or 'auto' (triton on GPU)
         progress:bool=True, # show a progress bar over points × chunks
+        n_total:int|None=None, # windows of the whole calibration set when `calib` is one share of it (chunk weight b_c/n_total)
        ) -> PQIResult:
     "Post-quantization Integral: per-element $\\Delta w_i\\int_0^1 \\partial F/\\partial w_i(w+t\\Delta w)dt$ by quadrature."
     t_start = time.perf_counter()
@@ -164,30 +165,38 @@ def pqi(model:nn.Module, # model holding the ORIGINAL weights (eval mode); resto
     params = _resolve(model, deltas)
     names, ps = list(params), list(params.values())
     chunks = window_chunks(calib, batch_size)
+    if n_total is not None:                                    # one rank's share: weights b_c/n_total, summed over ranks later
+        if not (isinstance(n_total, int) and n_total >= len(calib)): raise ValueError(f"n_total must be an int >= len(calib)={len(calib)}, got {n_total!r}")
+        chunks = [(sl, (sl.stop - sl.start) / n_total) for sl, _ in chunks]
     K, C = len(points), len(chunks)
     total = K * C
     every = C if checkpoint_every is None else checkpoint_every
     if every < 1: raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    dev = ps[0].device
-    dW = {n: deltas[n].to(device=dev) for n in names}
-    step_fn = pqi_step_triton if kernel == 'triton' or (kernel == 'auto' and dev.type == 'cuda') else pqi_step_torch
+    # every tensor of a layer lives on that layer's device (a model dispatched over several GPUs by accelerate works as is)
+    dW = {n: deltas[n].to(device=p.device) for n, p in params.items()}
+    steps = {n: pqi_step_triton if kernel == 'triton' or (kernel == 'auto' and p.device.type == 'cuda') else pqi_step_torch
+             for n, p in params.items()}
+    # bf16/fp16 weights have bf16/fp16 `.grad`: with several chunks, sum the chunks' gradients in fp32 instead
+    g32 = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()
+           if C > 1 and p.dtype in (torch.float16, torch.bfloat16)}
 
     fp = _fingerprint(calib, params, deltas, points, batch_size) if checkpoint is not None else None
-    acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=dev) for n, p in params.items()}
+    if fp is not None and n_total is not None: fp['n_total'] = n_total
+    acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     trace, step, grads = [], 0, None
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=dev, weights_only=True)
+        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
         if state.get('fingerprint') != fp:
             raise ValueError(f"checkpoint {checkpoint} belongs to a different PQI run (points, windows, deltas, weights or "
                              f"batch size differ); delete it or pass another path")
-        acc, step, grads = state['acc'], state['step'], state['grads']
+        acc, step, grads = {n: state['acc'][n].to(p.device) for n, p in params.items()}, state['step'], state['grads']
         trace = [row for row in state['trace']]
         logging.info("pqi: resuming %s at step %d/%d", checkpoint, step, total)
     W0 = {n: p.detach().clone() for n, p in params.items()}
 
     def save(step):
         k, c = divmod(step, C)
-        g = {n: p.grad.clone() for n, p in params.items()} if c else None
+        g = {n: (g32[n] if n in g32 else p.grad).clone() for n, p in params.items()} if c else None
         atomic_torch_save(dict(fingerprint=fp, step=step, acc=acc, grads=g,
                                trace=torch.stack(trace) if trace else torch.zeros(0, len(names), dtype=torch.float64)), checkpoint)
 
@@ -197,9 +206,11 @@ def pqi(model:nn.Module, # model holding the ORIGINAL weights (eval mode); resto
             if step < total:
                 k0, c0 = divmod(step, C)
                 with torch.no_grad():
-                    for n, p in params.items(): step_fn(p.data, W0[n], dW[n], torch.zeros_like(p), torch.zeros_like(acc[n]), 0.0, points[k0][0])
+                    for n, p in params.items(): steps[n](p.data, W0[n], dW[n], torch.zeros_like(p), torch.zeros_like(acc[n]), 0.0, points[k0][0])
                 if c0 and grads is not None:
-                    for n, p in params.items(): p.grad = grads[n].to(p)
+                    for n, p in params.items():
+                        if n in g32: g32[n].copy_(grads[n])
+                        else: p.grad = grads[n].to(p)
             pb = _bar(range(step, total), progress)
             for s in pb:
                 k, c = divmod(s, C)
@@ -207,16 +218,20 @@ def pqi(model:nn.Module, # model holding the ORIGINAL weights (eval mode); resto
                 t_fb = time.perf_counter()
                 (loss_fn(model, calib[sl]) * wc).backward()
                 fb_seconds += time.perf_counter() - t_fb
+                if g32:
+                    with torch.no_grad():
+                        for n in g32: g32[n].add_(params[n].grad); params[n].grad = None
                 if c == C - 1:   # all windows of point k are in .grad: fold them in, move to the next point
                     t_next = points[k + 1][0] if k + 1 < K else 0.0
                     wk = points[k][1]
                     row = torch.zeros(len(names), dtype=torch.float64)
                     with torch.no_grad():
                         for j, (n, p) in enumerate(params.items()):
-                            G = p.grad
+                            G = g32[n] if n in g32 else p.grad
                             row[j] = (torch.dot(G.reshape(-1), dW[n].reshape(-1)) if G.dtype == dW[n].dtype else (G.float() * dW[n].float()).sum()).item()
-                            step_fn(p.data, W0[n], dW[n], G, acc[n], wk, t_next)
+                            steps[n](p.data, W0[n], dW[n], G, acc[n], wk, t_next)
                             p.grad = None
+                            if n in g32: g32[n].zero_()
                     trace.append(row)
                     if progress: pb.comment = f"t={points[k][0]:.4f}"
                 step, done_here = s + 1, done_here + 1

@@ -17,6 +17,7 @@ from .pack import packed_summary
 from .squeezellm import iqr_scores, topk_mask, n_of, squeezellm_layer
 from .gwq import gptq_keep_quantize
 from .gptq import sequential_quantize
+from .hessian import to_device
 from .pqi import pqi
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
                            curves:dict|None=None, # Algorithm 1 curves of an earlier run with the same base (its stats['curves'])
                            return_tensors:bool=False, # add the `DenseSparseTensor`s under 'tensors'
                            pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
+                           device:str|torch.device|None=None, # offload (GPTQ base): model stays in place, one block at a time runs here
                           ) -> dict:
     "ReQuant on a base quantizer: adaptive outliers (Alg. 1), re-quantization, PQI-guided detach (Alg. 2); in place."
     if base not in REQUANT_BASES: raise ValueError(f"unknown ReQuant base {base!r}; choose one of {REQUANT_BASES}")
@@ -248,10 +250,10 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
             else:
                 curves = {}
                 if base == 'gptq':
-                    def curve_layer(name, lin, H):
-                        curves[name] = outlier_curve(B, name, W0[name], orders[name], grid, H)
+                    def curve_layer(name, lin, H):                  # on the block's device (the GPU under offload)
+                        curves[name] = outlier_curve(B, name, W0[name].to(H.device), orders[name].to(H.device), grid, H)
                         return {}
-                    sequential_quantize(model, calib, curve_layer, names, batch_size=batch_size, progress=progress)
+                    sequential_quantize(model, calib, curve_layer, names, batch_size=batch_size, progress=progress, device=device)
                 else:
                     for k in _bar(names, progress): curves[k] = outlier_curve(B, k, W0[k], orders[k], grid)
                 alloc = allocate_outliers(curves, budget, lookahead)
@@ -261,11 +263,12 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
         ds = {}
         with timer() as t:
             if base == 'gptq':
-                def q_layer(name, lin, H):
-                    ds[name] = B.quantize(name, W0[name], first_mask(orders[name], alloc[name], W0[name].shape), H)
+                def q_layer(name, lin, H):                          # computed where H is, kept beside W0
+                    W, order = W0[name].to(H.device), orders[name].to(H.device)
+                    ds[name] = to_device(B.quantize(name, W, first_mask(order, alloc[name], W.shape), H), W0[name].device)
                     write_weight(lin, ds[name])
                     return {}
-                sequential_quantize(model, calib, q_layer, names, batch_size=batch_size, progress=progress)
+                sequential_quantize(model, calib, q_layer, names, batch_size=batch_size, progress=progress, device=device)
             else:
                 for k in _bar(names, progress):
                     ds[k] = B.quantize(k, W0[k], first_mask(orders[k], alloc[k], W0[k].shape))
@@ -294,7 +297,7 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
             if track_loss: info['loss'] = losses[f'step{s + 1}'] = calib_loss(model, calib_pqi)
             step_stats.append(info)
         times['alg2'] = sum(x['seconds'] for x in step_stats)
-    packed = {k: ds[k].packed() for k in names}
+    packed = {k: ds[k].packed().to('cpu') for k in names}
     per_layer = {k: dict(bits=8 * packed[k].nbytes(), numel=ds[k].shape[0] * ds[k].shape[1], outliers=alloc[k], nnz=ds[k].nnz)
                  for k in names}
     summ = packed_summary(packed)

@@ -46,7 +46,7 @@ def metric_scores(model:nn.Module, # model with the original weights (eval mode)
         return pqi(model, calib, deltas, N=N, rule=rule, batch_size=batch_size, checkpoint=checkpoint, progress=progress).scores
     if metric == 'taylor1':
         g = loss_gradient(model, calib, names, batch_size, progress=progress)
-        return {n: g[n] * deltas[n].float() for n in names}
+        return {n: g[n] * deltas[n].to(g[n].device).float() for n in names}
     if metric == 'taylor2':
         ts = taylor_scores(model, calib, deltas, batch_size, progress=progress)
         return {n: ts['first'][n] + ts['second'][n] for n in names}
@@ -199,6 +199,7 @@ def sensitivity_report(model:nn.Module, # model with the original weights (eval 
     F0 = calib_loss(model, calib, batch_size)
     dF = actual_delta(model, calib, deltas, batch_size=batch_size, F0=F0)
     with timer() as tm: scores = metric_scores(model, calib, deltas, metric, batch_size=batch_size, progress=progress, **params)
+    scores = {n: s.float().cpu() for n, s in scores.items()}   # statistics and plots on the CPU, wherever the model runs
     stats, totals = score_stats(scores), layer_totals(scores)
     rows = []
     for n in _bar(list(deltas), progress and actual_per_layer):

@@ -249,6 +249,7 @@ def spqr_quantize_model(model:nn.Module, # causal LM, quantized in place
                         true_sequential:bool=False, # stages q/k/v, o, gate/up, down inside each block
                         batch_size:int=8, # sequences per block forward
                         pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
+                        device:str|torch.device|None=None, # offload: model stays in place (e.g. CPU), one block at a time runs here
                         **spqr_params, # blocksize, percdamp, act_order, qq_scale_bits, qq_zero_bits, qq_groupsize, simplified_outliers
                        ) -> dict:
     "Quantize every selected linear layer SpQR-style, block by block, with a pluggable Hessian; stats with the stored bits per weight."
@@ -261,13 +262,13 @@ def spqr_quantize_model(model:nn.Module, # causal LM, quantized in place
         t = time.perf_counter()
         r = spqr_quantize(lin.weight.data, H, spec, tau, name=name, **spqr_params)
         lin.weight.data.copy_(r.Q)
-        packed[name] = pw = r.packed()
+        packed[name] = pw = r.packed().to('cpu')    # packed results gather on the CPU (offload keeps the GPU for one block)
         logger.info("%s: SpQR %s, %d outliers (%.3f%%), %.4f bits/weight", name, spec, r.n_outliers,
                     100 * r.n_outliers / r.codes.numel(), pw.bits_per_weight)
         return dict(loss=float(r.losses.sum()), outliers=r.n_outliers, damping=r.damping_used, retries=r.retries,
                     bits=8 * pw.nbytes(), spqr_bits=r.paper_bits_per_weight * r.codes.numel(), numel=r.codes.numel(),
                     seconds=time.perf_counter() - t)
-    per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress)
+    per_layer = sequential_quantize(model, calib, quantize_layer, layers, hessian_fn, true_sequential, batch_size, progress, device)
     summ, numel = packed_summary(packed), sum(s['numel'] for s in per_layer.values())
     n_out = sum(s['outliers'] for s in per_layer.values())
     return dict(method='spqr', spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],

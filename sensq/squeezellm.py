@@ -16,6 +16,7 @@ from .eval import lm_loss
 from .taylor import fisher_diagonal
 from .dense_sparse import fill_masked, CodebookTensor, DenseSparseTensor, dense_sparse_from, ds_bits, write_weight
 from .pack import packed_summary
+from .hessian import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def lloyd_1d(W:Tensor|None, # (R, C) values, one problem per row (or None with `
     R, C = ws.shape
     if init.dim() != 2 or init.shape[0] != R: raise ValueError(f"init must be (R, k) with R={R}, got {tuple(init.shape)}")
     c = init.double().sort(1).values
-    lo, hi = ws.new_zeros(R, 1, dtype=torch.long), ws.new_full((R, 1), C, dtype=torch.long)
+    lo, hi = torch.zeros(R, 1, dtype=torch.long, device=ws.device), torch.full((R, 1), C, dtype=torch.long, device=ws.device)
     prev, done = None, 0
     for _ in range(n_iter):
         b = torch.searchsorted(ws, ((c[:, :-1] + c[:, 1:]) / 2).contiguous(), right=True)  # cell boundaries (R, k-1)
@@ -263,6 +264,7 @@ def squeezellm_quantize_model(model:nn.Module, # causal LM, modified in place
                               codebook_dtype=torch.float16, # stored centroid type (the packed format stores fp16)
                               return_tensors:bool=False, # add the `DenseSparseTensor`s under 'tensors'
                               pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
+                              device:str|torch.device|None=None, # run each layer's k-means there (e.g. 'cuda' for a model kept on the CPU)
                              ) -> dict:
     "SqueezeLLM-style Dense-and-Sparse quantization of every selected layer, in place; returns stats."
     if codebook_dtype != torch.float16: raise ValueError(f"codebook_dtype must be torch.float16, the codebooks' stored type (sensq.pack), got {codebook_dtype}")
@@ -281,9 +283,12 @@ def squeezellm_quantize_model(model:nn.Module, # causal LM, modified in place
                 smask = topk_mask(fi, n_of(sensitive, fi.numel()), exclude=mask)
                 n_sens += int(smask.sum()); mask = mask | smask
             n_out += int(omask[name].sum())
-            ds, st = squeezellm_layer(W, fi, spec.bits, mask, init=init, n_iter=n_iter, seed=seed, codebook_dtype=codebook_dtype)
+            dev = W.device if device is None else device   # one layer at a time on `device`, the result back beside W
+            ds, st = squeezellm_layer(W.to(dev), None if fi is None else fi.to(dev), spec.bits, mask.to(dev), init=init, n_iter=n_iter,
+                                      seed=seed, codebook_dtype=codebook_dtype)
+            ds = to_device(ds, W.device)
             write_weight(lins[name], ds)
-            packed[name] = pw = ds.packed()
+            packed[name] = pw = ds.packed().to('cpu')
             per_layer[name] = dict(bits_per_weight=pw.bits_per_weight, nnz=ds.nnz, objective=st['objective'], rows_rtn=st['rows_rtn'])
             if return_tensors: tensors[name] = ds
     summ = packed_summary(packed)

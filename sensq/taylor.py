@@ -219,8 +219,8 @@ def taylor_scores(model:nn.Module, # model with the original weights (eval mode)
                  ) -> dict[str, dict[str, Tensor]]:
     "Per-element first-order $g_i\\Delta w_i$ and second-order $\\frac12\\Delta w_i(H\\Delta w)_i$ scores: {'first': …, 'second': …}."
     g, Hv = hvp(model, calib, deltas, batch_size, loss_fn, progress)
-    first = {n: g[n] * deltas[n].float() for n in deltas}
-    second = {n: 0.5 * Hv[n] * deltas[n].float() for n in deltas}
+    first = {n: g[n] * deltas[n].to(g[n].device).float() for n in deltas}     # on the layer's device
+    second = {n: 0.5 * Hv[n] * deltas[n].to(Hv[n].device).float() for n in deltas}
     return {'first': first, 'second': second}
 
 def predicted_delta(scores:dict[str, Tensor], # per-element scores {layer: tensor}
@@ -255,20 +255,22 @@ def fisher_diagonal(model:nn.Module, # causal LM (eval mode)
     gen, count = torch.Generator().manual_seed(seed), 0
     with grad_only(model, ps):
         for i in _bar(range(len(calib)), progress):
-            nll = token_nll(model, calib[i:i+1])[0]   # (T,) per-token losses of window i
-            if mode == 'window':
-                terms, idx = [nll.mean()], [None]
-            else:
-                T = len(nll)
-                k = T if tokens_per_window is None else min(tokens_per_window, T)
-                idx = torch.randperm(T, generator=gen)[:k].tolist() if k < T else list(range(T))
-                terms = [nll[t] for t in idx]
-            for j, term in enumerate(terms):
-                gs = torch.autograd.grad(term, ps, retain_graph=j < len(terms) - 1)
-                for n, gi in zip(names, gs): acc[n] += gi.float().pow(2)
-                count += 1
-            del nll, terms
+            count += _fisher_window(model, calib[i:i+1], names, ps, acc, mode, tokens_per_window, gen)
     return {n: a / count for n, a in acc.items()}
+
+def _fisher_window(model, window, names, ps, acc, mode, tokens_per_window, gen) -> int:
+    "Add one window's squared per-token (or per-window) gradients into the fp32 `acc`; return how many terms were added."
+    nll = token_nll(model, window)[0]   # (T,) per-token losses of the window
+    if mode == 'window': terms = [nll.mean()]
+    else:
+        T = len(nll)
+        k = T if tokens_per_window is None else min(tokens_per_window, T)
+        idx = torch.randperm(T, generator=gen)[:k].tolist() if k < T else list(range(T))
+        terms = [nll[t] for t in idx]
+    for j, term in enumerate(terms):
+        gs = torch.autograd.grad(term, ps, retain_graph=j < len(terms) - 1)
+        for n, gi in zip(names, gs): acc[n] += gi.float().pow(2)
+    return len(terms)
 
 def fisher_scores(fisher:dict[str, Tensor], # Fisher diagonal {layer: F_ii}
                   deltas:dict[str, Tensor], # {layer: Δw}
@@ -276,7 +278,7 @@ def fisher_scores(fisher:dict[str, Tensor], # Fisher diagonal {layer: F_ii}
     "Per-element Fisher scores $\\frac12 F_{ii}\\Delta w_i^2$."
     missing = [n for n in deltas if n not in fisher]
     if missing: raise ValueError(f"no Fisher diagonal for layer(s) {missing}")
-    return {n: 0.5 * fisher[n] * deltas[n].float().pow(2) for n in deltas}
+    return {n: 0.5 * fisher[n] * deltas[n].to(fisher[n].device).float().pow(2) for n in deltas}
 
 # %% ../nbs/10_taylor.ipynb #1d0ab4d3
 @torch.no_grad()
@@ -294,12 +296,13 @@ def input_hessians(model:nn.Module, # model (eval mode)
     mods = dict(model.named_modules())
     unknown = [n for n in layers if not isinstance(mods.get(n), nn.Linear)]
     if unknown: raise ValueError(f"unknown linear layer(s) {unknown}")
+    # fp64 running sum on the layer's device; each chunk's XᵀX is one fp32 product (cheap on any GPU, error ~ eps32·√tokens)
     H = {n: torch.zeros(mods[n].in_features, mods[n].in_features, dtype=torch.float64, device=mods[n].weight.device) for n in layers}
     ntok = {n: 0 for n in layers}
     def hook(name):
         def f(mod, inp, out):
-            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
-            H[name] += 2 * x.T @ x; ntok[name] += len(x)
+            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).to(H[name].device, torch.float32)
+            H[name] += (2 * x.T @ x).double(); ntok[name] += len(x)
         return f
     handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
     try:
@@ -315,7 +318,7 @@ def layerwise_scores(deltas:dict[str, Tensor], # {layer: ΔW (d_row, d_col)}
     "Per-element layer-wise scores $\\Delta W_{ij}(\\Delta W H_X)_{ij}$; their sum is $\\operatorname{tr}(\\Delta W H_X\\Delta W^\\top)$."
     missing = [n for n in deltas if n not in hessians]
     if missing: raise ValueError(f"no input Hessian for layer(s) {missing}")
-    return {n: deltas[n].float() * (deltas[n].float() @ hessians[n]) for n in deltas}
+    return {n: (d := deltas[n].to(hessians[n].device).float()) * (d @ hessians[n]) for n in deltas}
 
 # %% ../nbs/10_taylor.ipynb #5fbfbe91
 def obs_scores(deltas:dict[str, Tensor], # {layer: ΔW} (use -W for pruning saliency)
@@ -327,10 +330,10 @@ def obs_scores(deltas:dict[str, Tensor], # {layer: ΔW} (use -W for pruning sali
     out = {}
     for n, d in deltas.items():
         if n not in hessians: raise ValueError(f"no input Hessian for layer {n!r}")
-        H = hessians[n].double()
+        H = hessians[n].double()                               # fp64 Cholesky: d_col³/3 flops, once per layer
         H = H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype, device=H.device)
         L, info = torch.linalg.cholesky_ex(H)
         if info != 0: raise ValueError(f"input Hessian of {n!r} is not positive definite even with damp={damp}; increase damp")
         Hinv_diag = torch.cholesky_inverse(L).diagonal()
-        out[n] = (d.double().pow(2) / (2 * Hinv_diag)).float()
+        out[n] = (d.to(H.device).double().pow(2) / (2 * Hinv_diag)).float()
     return out
