@@ -155,8 +155,8 @@ class PackedWeight:
     def shape(self)->tuple: return (self.config['out_features'], self.config['in_features'])
 
     def nbytes(self)->int:
-        "Bytes of every stored tensor."
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        "Bytes of every stored tensor, plus 8 per seed of an optional `transform` (`sensq.incoherence`)."
+        return sum(t.numel() * t.element_size() for t in self.tensors.values()) + 8 * len((self.config.get('transform') or {}).get('seeds', ()))
 
     @property
     def bits_per_weight(self)->float:
@@ -175,6 +175,9 @@ class PackedWeight:
     def dequantize(self, dtype:torch.dtype=torch.float32)->Tensor:
         "The weight $\\hat W = D + S$ as an (N, K) matrix (reference path, computed in float32)."
         W = self.dense(torch.float32)
+        if self.config.get('transform'):                  # incoherent layer: D is the transformed weight, U^T D V is the layer's
+            from sensq.incoherence import inverse_transform_weight
+            W = inverse_transform_weight(W, self.config)
         if 'sparse_crow' in self.tensors:
             t = self.tensors
             W = W + sparse_dense(t['sparse_crow'], t['sparse_col'], t['sparse_val'], self.shape)
