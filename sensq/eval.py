@@ -17,8 +17,8 @@ from .models import linear_layers, tiny_llama
 from .data import TEXT_SOURCES
 
 # %% auto #0
-__all__ = ['DEFAULT_PROTOCOL', 'token_nll', 'lm_loss', 'perplexity', 'EvalProtocol', 'protocol_line', 'evaluate_protocol',
-           'quantize_model', 'model_bits_per_weight', 'rtn_quantize_model']
+__all__ = ['DEFAULT_PROTOCOL', 'COT_PROTOCOL', 'token_nll', 'lm_loss', 'perplexity', 'EvalProtocol', 'protocol_line',
+           'evaluate_protocol', 'quantize_model', 'model_bits_per_weight', 'rtn_quantize_model']
 
 # %% ../nbs/03_eval.ipynb #7dc2d18b
 def token_nll(model:nn.Module, # causal LM returning `.logits`
@@ -78,6 +78,7 @@ class EvalProtocol:
         return f"{Path(self.text).stem if self.text not in TEXT_SOURCES else self.text}-{self.windows or 'all'}x{self.seqlen}"
 
 DEFAULT_PROTOCOL = EvalProtocol()
+COT_PROTOCOL = EvalProtocol('cot') # the second text, unlike the calibration text (`sensq.data.cot_text`): 'cot-5x2048'
 
 # %% ../nbs/03_eval.ipynb #b3b97022
 def protocol_line(res:dict, # a result of `perplexity` with the protocol `sensq.data.get_eval` attached
