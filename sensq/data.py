@@ -97,23 +97,16 @@ def _lm_eval_version() -> str:
     except PackageNotFoundError: return 'unknown'
 
 def cot_documents() -> dict[str, str]:
-    "lm-eval's chain-of-thought exemplars, one document per MMLU subject (`mmlu/...`) and BIG-Bench Hard task (`bbh/...`)."
-    import yaml  # a dependency of transformers/huggingface_hub
-    root = _lm_eval_tasks()
-    f = root / 'mmlu' / 'flan_cot_fewshot' / '_cot_prompts.json'
+    "lm-eval's MMLU chain-of-thought exemplars, one document per subject (`mmlu/<subject>`)."
+    f = _lm_eval_tasks() / 'mmlu' / 'flan_cot_fewshot' / '_cot_prompts.json'
     if not f.is_file(): raise FileNotFoundError(f"lm-eval's MMLU chain-of-thought prompts are missing: {f}")
     docs = {f"mmlu/{k}": v.strip() for k, v in json.loads(f.read_text(encoding='utf-8')).items()}
-    for y in sorted((root / 'bbh' / 'cot_fewshot').glob('*.yaml')):
-        if y.name.startswith('_'): continue
-        c = yaml.safe_load(y.read_text(encoding='utf-8'))
-        shots = [c['doc_to_text'].replace('{{input}}', s['input']) + s['target'] for s in c['fewshot_config']['samples']]
-        docs[f"bbh/{c['dataset_name']}"] = "\n\n".join([c['description'].strip(), *shots])
-    if len(docs) < 2: raise FileNotFoundError(f"lm-eval's chain-of-thought exemplars not found under {root}")
+    if len(docs) < 2: raise FileNotFoundError(f"lm-eval's chain-of-thought exemplars in {f} hold {len(docs)} document(s)")
     return docs
 
 def cot_text(split:str='calib', # 'calib' or 'eval'
             ) -> str:
-    "The calibration or held-out part of lm-eval's chain-of-thought exemplars (whole documents, at most half held out)."
+    "The calibration or held-out part of lm-eval's MMLU chain-of-thought exemplars (whole documents, at most half held out)."
     docs = cot_documents()
     return "\n\n".join(docs[k] for k in split_topics(docs, eval_frac=0.5)[_check_split(split)])
 
@@ -314,7 +307,7 @@ class EvalData:
 
 def _split_label(source:str, split:str) -> str:
     if source == 'default': return f"{split} (pydoc_data.topics, held-out topics)" if split == 'eval' else split
-    if source == 'cot': return f"{split} (lm-eval's MMLU and BIG-Bench Hard chain-of-thought exemplars, held-out documents)"
+    if source == 'cot': return f"{split} (lm-eval's MMLU chain-of-thought exemplars, held-out subjects)"
     if source == 'mix': return f"{split} (default + cot)"
     if source in HF_DATASETS: return HF_DATASETS[source].describe(split)
     return 'whole file'
