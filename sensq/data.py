@@ -12,10 +12,11 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SPLITS', 'TEXT_SUFFIXES', 'HF_DATASETS', 'TEXT_SOURCES', 'DATA_DIR_ENV', 'topic_groups', 'split_topics',
-           'default_topics', 'default_text', 'read_text_file', 'HubUnreachable', 'hub_offline', 'HubText',
-           'select_docs', 'local_copy', 'load_hub_text', 'load_text', 'byte_tokenizer', 'tokenize_text',
-           'calibration_windows', 'eval_windows', 'EvalData', 'get_calibration', 'get_eval']
+__all__ = ['SPLITS', 'PACKAGE_TEXTS', 'TEXT_SUFFIXES', 'HF_DATASETS', 'TEXT_SOURCES', 'DATA_DIR_ENV', 'topic_groups',
+           'split_topics', 'default_topics', 'default_text', 'cot_documents', 'cot_text', 'mix_text', 'read_text_file',
+           'HubUnreachable', 'hub_offline', 'HubText', 'select_docs', 'local_copy', 'load_hub_text', 'load_text',
+           'byte_tokenizer', 'tokenize_text', 'calibration_windows', 'eval_windows', 'EvalData', 'get_calibration',
+           'get_eval']
 
 # %% ../nbs/01_data.ipynb #5ba5d24e
 SPLITS = ('calib', 'eval')
@@ -79,6 +80,41 @@ def default_text(split:str='calib', # 'calib' or 'eval'
     "The calibration or held-out evaluation part of CPython's `pydoc_data.topics`, topics joined with blank lines."
     from pydoc_data.topics import topics
     return "\n\n".join(topics[k] for k in default_topics(split))
+
+# %% ../nbs/01_data.ipynb #6514104e
+PACKAGE_TEXTS = ('cot', 'mix')
+
+def _lm_eval_tasks() -> Path:
+    "lm-eval's task folder, found without importing the package (its import is slow and pulls many modules)."
+    import importlib.util
+    spec = importlib.util.find_spec('lm_eval')
+    if spec is None or not spec.origin:
+        raise FileNotFoundError("the 'cot' text ships in the package lm-eval: pip install lm-eval==0.4.13")
+    return Path(spec.origin).parent / 'tasks'
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version, PackageNotFoundError
+    try: return version('lm_eval')
+    except PackageNotFoundError: return 'unknown'
+
+def cot_documents() -> dict[str, str]:
+    "lm-eval's MMLU chain-of-thought exemplars, one document per subject (`mmlu/<subject>`)."
+    f = _lm_eval_tasks() / 'mmlu' / 'flan_cot_fewshot' / '_cot_prompts.json'
+    if not f.is_file(): raise FileNotFoundError(f"lm-eval's MMLU chain-of-thought prompts are missing: {f}")
+    docs = {f"mmlu/{k}": v.strip() for k, v in json.loads(f.read_text(encoding='utf-8')).items()}
+    if len(docs) < 2: raise FileNotFoundError(f"lm-eval's chain-of-thought exemplars in {f} hold {len(docs)} document(s)")
+    return docs
+
+def cot_text(split:str='calib', # 'calib' or 'eval'
+            ) -> str:
+    "The calibration or held-out part of lm-eval's MMLU chain-of-thought exemplars (whole documents, at most half held out)."
+    docs = cot_documents()
+    return "\n\n".join(docs[k] for k in split_topics(docs, eval_frac=0.5)[_check_split(split)])
+
+def mix_text(split:str='calib', # 'calib' or 'eval'
+            ) -> str:
+    "The default text's part followed by the 'cot' text's part of the same split (the varied calibration mix)."
+    return default_text(split) + "\n\n" + cot_text(split)
 
 # %% ../nbs/01_data.ipynb #d23f3464
 TEXT_SUFFIXES = ('.txt', '.jsonl')
@@ -155,7 +191,7 @@ HF_DATASETS = {
     'redpajama': HubText({s: dict(path='json', data_files=_RP, split='train') for s in SPLITS},
                          max_docs={'calib': 5000, 'eval': 1100}, holdout=True),
 }
-TEXT_SOURCES = ('default', *HF_DATASETS)
+TEXT_SOURCES = ('default', *HF_DATASETS, *PACKAGE_TEXTS)
 
 # %% ../nbs/01_data.ipynb #6cf94c9f
 DATA_DIR_ENV = 'SENSQ_DATA_DIR'  # folder holding local copies of hub corpus files, laid out as <repo id>/<file>
@@ -219,13 +255,15 @@ def load_hub_text(name:str, # one of `HF_DATASETS`
 def _looks_like_path(source:str) -> bool:
     return source.endswith(TEXT_SUFFIXES) or os.sep in source or source.startswith(('.', '~')) or Path(source).exists()
 
-def load_text(source:str='default', # 'default', a name in `HF_DATASETS`, or a path to a .txt/.jsonl file
+def load_text(source:str='default', # 'default', 'cot', 'mix', a name in `HF_DATASETS`, or a path to a .txt/.jsonl file
               split:str='calib', # 'calib' or 'eval' (a local file is returned whole for either)
               max_docs:int|None=None, # hub corpora only: document cap (None: the table's default)
              ) -> str:
-    "Text for calibration or evaluation from the embedded default, a Hugging Face corpus, or a local file."
+    "Text for calibration or evaluation from the embedded default, a text shipped in a package, a Hugging Face corpus, or a local file."
     _check_split(split)
     if source == 'default': return default_text(split)
+    if source == 'cot': return cot_text(split)
+    if source == 'mix': return mix_text(split)
     if source in HF_DATASETS: return load_hub_text(source, split, max_docs)
     if _looks_like_path(source): return read_text_file(source)
     raise ValueError(f"unknown text source {source!r}: valid names are {list(TEXT_SOURCES)}, "
@@ -310,6 +348,8 @@ class EvalData:
 
 def _split_label(source:str, split:str) -> str:
     if source == 'default': return f"{split} (pydoc_data.topics, held-out topics)" if split == 'eval' else split
+    if source == 'cot': return f"{split} (lm-eval's MMLU chain-of-thought exemplars, held-out subjects)"
+    if source == 'mix': return f"{split} (default + cot)"
     if source in HF_DATASETS: return HF_DATASETS[source].describe(split)
     return 'whole file'
 
@@ -346,4 +386,5 @@ def get_eval(tokenizer, # tokenizer (see `tokenize_text`)
                     text_sha256=hashlib.sha256(text.encode('utf-8')).hexdigest()[:16])
     if source in HF_DATASETS: protocol.update(_hub_protocol(source, 'eval'))
     if source == 'default': protocol['python'] = platform.python_version()
+    if source in PACKAGE_TEXTS: protocol['lm_eval'] = _lm_eval_version()
     return EvalData(w, protocol)

@@ -17,8 +17,9 @@ from .models import linear_layers, tiny_llama
 from .data import TEXT_SOURCES
 
 # %% auto #0
-__all__ = ['DEFAULT_PROTOCOL', 'WIKITEXT2_PROTOCOL', 'C4_PROTOCOL', 'token_nll', 'lm_loss', 'perplexity', 'EvalProtocol',
-           'protocol_line', 'evaluate_protocol', 'quantize_model', 'model_bits_per_weight', 'rtn_quantize_model']
+__all__ = ['DEFAULT_PROTOCOL', 'WIKITEXT2_PROTOCOL', 'C4_PROTOCOL', 'COT_PROTOCOL', 'token_nll', 'lm_loss', 'perplexity',
+           'EvalProtocol', 'protocol_line', 'evaluate_protocol', 'quantize_model', 'model_bits_per_weight',
+           'rtn_quantize_model']
 
 # %% ../nbs/03_eval.ipynb #7dc2d18b
 def token_nll(model:nn.Module, # causal LM returning `.logits`
@@ -80,6 +81,7 @@ class EvalProtocol:
 DEFAULT_PROTOCOL = EvalProtocol()
 WIKITEXT2_PROTOCOL = EvalProtocol('wikitext2', seqlen=2048, windows=None)  # GPTQ: test split joined with "\n\n", every window
 C4_PROTOCOL = EvalProtocol('c4', seqlen=2048, windows=256)  # GPTQ: first 1100 validation docs joined with ' ', <= 256 windows
+COT_PROTOCOL = EvalProtocol('cot') # the second text, unlike the calibration text (`sensq.data.cot_text`): 'cot-5x2048'
 
 # %% ../nbs/03_eval.ipynb #b3b97022
 def protocol_line(res:dict, # a result of `perplexity` with the protocol `sensq.data.get_eval` attached

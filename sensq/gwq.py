@@ -65,11 +65,14 @@ def gptq_keep_loop(W:Tensor, # (d_row, d_col) weight, columns in processing orde
                    keep_dtype=torch.float16, # precision of the kept weights' sparse values fp16(w - D)
                    fit_excludes_kept:bool=True, # fit each group's grid with the kept weights set to 0
                    name:str='layer', # for messages
+                   fixed:Tensor|None=None, # (d_row, d_col) bool ⊆ keep: kept weights that store their *original* value (the difference to the updated one is fed back)
                   ) -> BlockLoopResult:
     "GPTQ's lazy-block column loop with a fixed set of kept weights that feed back no error."
     d_row, d_col = W.shape
     if U.shape != (d_col, d_col): raise ValueError(f"U must be ({d_col}, {d_col}) for W of shape {tuple(W.shape)}, got {tuple(U.shape)}")
     if keep.shape != W.shape or keep.dtype != torch.bool: raise ValueError(f"keep must be a bool tensor of shape {tuple(W.shape)}")
+    if fixed is not None and (fixed.shape != W.shape or fixed.dtype != torch.bool or (fixed & ~keep).any()):
+        raise ValueError(f"fixed must be a bool tensor of shape {tuple(W.shape)} inside keep")
     row_spec = dataclasses.replace(spec, group_size=None)
     bounds = group_bounds(d_col, spec.group_size)
     starts = {a: (g, b) for g, (a, b) in enumerate(bounds)}
@@ -77,6 +80,7 @@ def gptq_keep_loop(W:Tensor, # (d_row, d_col) weight, columns in processing orde
     cg = col_group.tolist()
     sT = W.new_zeros(len(bounds), d_row); zT = W.new_zeros(len(bounds), d_row)
     WT, KT = W.T.contiguous(), keep.T.contiguous()
+    FT, W0T = (None, None) if fixed is None else (fixed.T.contiguous(), W.T.clone())   # original columns, before any update
     QT, ErrT = torch.zeros_like(WT), torch.zeros_like(WT)
     codesT = torch.zeros(d_col, d_row, dtype=torch.uint8, device=W.device)
     spT = torch.zeros(d_col, d_row, dtype=keep_dtype, device=W.device)   # additive sparse values of the kept weights
@@ -95,7 +99,8 @@ def gptq_keep_loop(W:Tensor, # (d_row, d_col) weight, columns in processing orde
             w = WT[k]
             c = quantize_codes(w, s, z, spec.maxq, not spec.int_zero)
             q = dequantize_codes(c, s, z, not spec.int_zero)
-            sv = torch.where(KT[k], w - q, 0).to(keep_dtype)    # kept: D + fp16(w - D), the additive sparse part
+            kv = w if FT is None else torch.where(FT[k], W0T[k], w)   # the value a kept weight stands for: updated, or original where fixed
+            sv = torch.where(KT[k], kv - q, 0).to(keep_dtype)   # kept: D + fp16(v - D), the additive sparse part
             q = torch.where(KT[k], q + sv.to(w.dtype), q)
             err = (w - q).div_(Ud[k])
             QT[k], codesT[k], ErrT[k], spT[k] = q, c.to(torch.uint8), err, sv
@@ -113,17 +118,21 @@ def gptq_keep_quantize(W:Tensor, # (d_row, d_col) weight
                        act_order:bool=False, # columns by decreasing Hessian diagonal
                        fit_excludes_kept:bool=True, # group grids ignore the kept weights
                        name:str='layer', # for messages
+                       fixed:Tensor|None=None, # (d_row, d_col) bool ⊆ keep: kept weights stored with their original value, the difference fed back
                       ) -> tuple[GPTQResult, Tensor]:
     "GPTQ on one layer with kept weights; returns the `GPTQResult` (codes everywhere, `Q` with the kept weights) and the sparse values."
     check_weight_hessian(W, H, name)
     cdt = torch.float64 if W.dtype == torch.float64 else torch.float32
     Wc, K = W.to(cdt, copy=True), keep.to(W.device, copy=True)
     H = H.to(Wc.device)
+    Fx = None if fixed is None else fixed.to(W.device, copy=True)
     perm = act_order_permutation(H) if act_order else None
-    if perm is not None: Wc, H, K = Wc[:, perm], H[perm][:, perm], K[:, perm]
+    if perm is not None:
+        Wc, H, K = Wc[:, perm], H[perm][:, perm], K[:, perm]
+        if Fx is not None: Fx = Fx[:, perm]
     ic = inverse_cholesky(H, percdamp=percdamp, name=name)
     Wc[:, ic.dead] = 0
-    r = gptq_keep_loop(Wc, ic.U.to(cdt), spec, K, blocksize, fit_excludes_kept=fit_excludes_kept, name=name)
+    r = gptq_keep_loop(Wc, ic.U.to(cdt), spec, K, blocksize, fit_excludes_kept=fit_excludes_kept, name=name, fixed=Fx)
     Q, codes, losses, g_idx, dead, S = r.Q, r.codes, r.losses, r.col_group, ic.dead, r.sparse
     if perm is not None:
         inv = torch.argsort(perm)

@@ -187,8 +187,8 @@ class PackedWeight:
         return PackedWeight(self.config, {n: t.to(device) for n, t in self.tensors.items()})
 
     def nbytes(self)->int:
-        "Bytes of every stored tensor."
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        "Bytes of every stored tensor, plus 8 per seed of an optional `transform` (`sensq.incoherence`)."
+        return sum(t.numel() * t.element_size() for t in self.tensors.values()) + 8 * len((self.config.get('transform') or {}).get('seeds', ()))
 
     @property
     def bits_per_weight(self)->float:
@@ -239,6 +239,9 @@ class PackedWeight:
     def dequantize(self, dtype:torch.dtype=torch.float32)->Tensor:
         "The weight $\\hat W = D + S$ as an (N, K) matrix (reference path, computed in float32)."
         W = self.dense(torch.float32)
+        if self.config.get('transform'):                  # incoherent layer: D is the transformed weight, U^T D V is the layer's
+            from sensq.incoherence import inverse_transform_weight
+            W = inverse_transform_weight(W, self.config)
         if 'sparse_crow' in self.tensors: W = W + self.sparse()
         return W.to(dtype)
 

@@ -63,14 +63,14 @@ def allocate_outliers(curves:dict[str, tuple[list[int], list[float]]], # layer -
 # %% ../nbs/33_requant.ipynb #e4d30601
 class RTNBase:
     "RTN base: uniform grid on W - S; objective ‖W - Ŵ‖²."
-    name = 'rtn'
+    name, hessian = 'rtn', None
     def __init__(self, spec:QuantSpec): self.spec = spec
     def quantize(self, name:str, W:Tensor, mask:Tensor) -> DenseSparseTensor: return dense_sparse_from(W, mask, self.spec)
     def objective(self, name:str, W:Tensor, What:Tensor) -> float: return float((W.double() - What.double()).square().sum())
 
 class SqueezeLLMBase:
     "SqueezeLLM-style base: Fisher-weighted per-row k-means on W - S; objective Σ F (W - Ŵ)²."
-    name = 'squeezellm'
+    name, hessian = 'squeezellm', None
     def __init__(self, spec:QuantSpec, fisher:dict[str, Tensor], **kmeans_kw):
         self.spec, self.fisher, self.kw = spec, fisher, kmeans_kw
     def quantize(self, name, W, mask): return squeezellm_layer(W, self.fisher[name], self.spec.bits, mask, **self.kw)[0]
@@ -78,11 +78,16 @@ class SqueezeLLMBase:
 
 class GPTQBase:
     "GPTQ base: error feedback that skips the sparse weights (`sensq.gwq.gptq_keep_quantize`); objective tr(ΔW H ΔWᵀ)."
-    name = 'gptq'
-    def __init__(self, spec:QuantSpec, blocksize:int=128, percdamp:float=0.01, act_order:bool=False):
+    name, hessian, requantize_detached = 'gptq', 'layer', True
+    def __init__(self, spec:QuantSpec, blocksize:int=128, percdamp:float=0.01, act_order:bool=False,
+                 detach_value:str='original', # detached weights keep their original value ('original', fed back) or the updated one
+                 hessian_fn=None): # Hessian provider (default layer-wise 2XXᵀ/n; `sensq.oac.oac_hessian_fn()` for OAC's)
+        if detach_value not in ('original', 'updated'): raise ValueError(f"detach_value must be 'original' or 'updated', got {detach_value!r}")
         self.spec, self.blocksize, self.percdamp, self.act_order = spec, blocksize, percdamp, act_order
-    def quantize(self, name, W, mask, H):
-        r, S = gptq_keep_quantize(W, H, self.spec, mask, self.blocksize, self.percdamp, self.act_order, name=name)
+        self.detach_value, self.hessian_fn = detach_value, hessian_fn
+    def quantize(self, name, W, mask, H, fixed=None):
+        fixed = fixed if self.detach_value == 'original' else None
+        r, S = gptq_keep_quantize(W, H, self.spec, mask, self.blocksize, self.percdamp, self.act_order, name=name, fixed=fixed)
         return dense_sparse_from(W, mask, r, sparse=S)
     def objective(self, name, W, What, H):
         dW = (W.double() - What.double())
@@ -185,7 +190,7 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
                            spec:QuantSpec, # grid of the base (squeezellm: `bits` only)
                            layers:list[str]|None=None, # layers to quantize (default: all but lm_head)
                            progress:bool=True, # progress bars
-                           base:str='rtn', # 'rtn', 'gptq' or 'squeezellm'
+                           base:str='rtn', # 'rtn', 'gptq', 'squeezellm', or a base object (see the bases above)
                            outliers:float=0.0045, # r_o: global outlier budget, fraction of all weights
                            significant:float=0.0005, # r_s: weights restored by Algorithm 2, fraction of all weights
                            steps:int=2, # Algorithm 2 steps (β = r_s / steps)
@@ -210,7 +215,10 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
                            device:str|torch.device|None=None, # offload (GPTQ base): model stays in place, one block at a time runs here
                           ) -> dict:
     "ReQuant on a base quantizer: adaptive outliers (Alg. 1), re-quantization, PQI-guided detach (Alg. 2); in place."
-    if base not in REQUANT_BASES: raise ValueError(f"unknown ReQuant base {base!r}; choose one of {REQUANT_BASES}")
+    if isinstance(base, str):
+        if base not in REQUANT_BASES: raise ValueError(f"unknown ReQuant base {base!r}; choose one of {REQUANT_BASES}")
+    elif not all(hasattr(base, a) for a in ('name', 'quantize', 'objective')):
+        raise ValueError(f"a ReQuant base must be one of {REQUANT_BASES} or an object with name, quantize and objective")
     if outlier_alloc not in ('adaptive', 'uniform'): raise ValueError(f"outlier_alloc must be 'adaptive' or 'uniform', got {outlier_alloc!r}")
     if selection not in ('pqi', 'random'): raise ValueError(f"selection must be 'pqi' or 'random', got {selection!r}")
     if detach_scope not in ('layer', 'global'): raise ValueError(f"detach_scope must be 'layer' or 'global', got {detach_scope!r}")
@@ -230,12 +238,14 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
         if track_loss: losses['fp'] = calib_loss(model, calib_pqi)
         # 1. base statistics
         with timer() as t:
-            if base == 'rtn': B = RTNBase(spec)
+            if not isinstance(base, str): B = base
+            elif base == 'rtn': B = RTNBase(spec)
             elif base == 'squeezellm':
                 if fisher is None: fisher = fisher_diagonal(model, calib, names, mode='window', progress=progress)
                 B = SqueezeLLMBase(spec, fisher, **base_kw)
             else: B = GPTQBase(spec, **base_kw)
         times['base_stats'] = t.seconds
+        needs_H, hfn = getattr(B, 'hessian', None) is not None, getattr(B, 'hessian_fn', None)
         orders = {k: outlier_order(W0[k], outlier_score) for k in names}
         # 2. Algorithm 1
         with timer() as t:
@@ -249,11 +259,11 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
                 st['curves'] = curves
             else:
                 curves = {}
-                if base == 'gptq':
+                if needs_H:
                     def curve_layer(name, lin, H):                  # on the block's device (the GPU under offload)
                         curves[name] = outlier_curve(B, name, W0[name].to(H.device), orders[name].to(H.device), grid, H)
                         return {}
-                    sequential_quantize(model, calib, curve_layer, names, batch_size=batch_size, progress=progress, device=device)
+                    sequential_quantize(model, calib, curve_layer, names, hfn, batch_size=batch_size, progress=progress, device=device)
                 else:
                     for k in _bar(names, progress): curves[k] = outlier_curve(B, k, W0[k], orders[k], grid)
                 alloc = allocate_outliers(curves, budget, lookahead)
@@ -261,17 +271,24 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
         times['alg1'] = t.seconds
         # 3. re-quantize without the outliers
         ds = {}
+        out_mask = {k: first_mask(orders[k], alloc[k], W0[k].shape) for k in names}
+        detached = {k: torch.zeros_like(out_mask[k]) for k in names}
+        def requantize():
+            "Sequential pass of a Hessian base with the outliers and the detached weights kept."
+            def q_layer(name, lin, H):                          # computed where H is, kept beside W0
+                dev = H.device
+                kw = {'fixed': detached[name].to(dev)} if detached[name].any() else {}
+                keep = (out_mask[name] | detached[name]).to(dev)
+                ds[name] = to_device(B.quantize(name, W0[name].to(dev), keep, H, **kw), W0[name].device)
+                write_weight(lin, ds[name])
+                return {}
+            for k in names: lins[k].weight.data.copy_(W0[k].to(lins[k].weight.dtype))   # Hessians through the original prefix
+            sequential_quantize(model, calib, q_layer, names, hfn, batch_size=batch_size, progress=progress, device=device)
         with timer() as t:
-            if base == 'gptq':
-                def q_layer(name, lin, H):                          # computed where H is, kept beside W0
-                    W, order = W0[name].to(H.device), orders[name].to(H.device)
-                    ds[name] = to_device(B.quantize(name, W, first_mask(order, alloc[name], W.shape), H), W0[name].device)
-                    write_weight(lin, ds[name])
-                    return {}
-                sequential_quantize(model, calib, q_layer, names, batch_size=batch_size, progress=progress, device=device)
+            if needs_H: requantize()
             else:
                 for k in _bar(names, progress):
-                    ds[k] = B.quantize(k, W0[k], first_mask(orders[k], alloc[k], W0[k].shape))
+                    ds[k] = B.quantize(k, W0[k], out_mask[k])
                     write_weight(lins[k], ds[k])
         times['requantize'] = t.seconds
         if track_loss: losses['alg1'] = calib_loss(model, calib_pqi)
@@ -290,9 +307,13 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
                     del res
                 else:
                     sel, info = select_random(sparse, k_s, gen), {}
-                for k in names:
-                    if sel[k].any(): ds[k] = ds[k].add_sparse(sel[k], W0[k])
-                    write_weight(lins[k], ds[k])
+                if getattr(B, 'requantize_detached', False):          # GPTQ: re-quantize with the detached weights kept
+                    for k in names: detached[k] |= sel[k]
+                    requantize()
+                else:
+                    for k in names:
+                        if sel[k].any(): ds[k] = ds[k].add_sparse(sel[k], W0[k])
+                        write_weight(lins[k], ds[k])
             info.update(step=s + 1, selected=sum(int(m.sum()) for m in sel.values()), seconds=t.seconds)
             if track_loss: info['loss'] = losses[f'step{s + 1}'] = calib_loss(model, calib_pqi)
             step_stats.append(info)
@@ -302,7 +323,7 @@ def requant_quantize_model(model:nn.Module, # causal LM (eval mode), modified in
                  for k in names}
     summ = packed_summary(packed)
     pqi_secs = [x['pqi_seconds'] for x in step_stats if 'pqi_seconds' in x]
-    out = dict(method='requant', base=base, spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
+    out = dict(method='requant', base=B.name, spec=str(spec), bits_per_weight=summ['bits_per_weight'], bytes=summ['bytes'],
                paper_bits_per_weight=summ['paper_bits_per_weight'],
                seconds=t_all.seconds, n_layers=len(names), outliers=outliers, significant=significant, steps=steps,
                n_outliers=sum(alloc.values()), n_significant=sum(x['selected'] for x in step_stats),
