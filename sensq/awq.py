@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 from fastprogress.fastprogress import progress_bar
 from .core import check_finite, timer
-from .quant import QuantSpec, rtn, find_params, quantize_codes, dequantize_codes, storage_bits, num_groups
+from .quant import QuantSpec, rtn, quantize as quantize_weight, find_params, quantize_codes, dequantize_codes, storage_bits, num_groups
+from .pack import pack_quantized, packed_summary
 from .models import get_blocks, linear_layers
 from .hessian import capture_block_inputs, run_block
 
@@ -215,6 +216,7 @@ def awq_quantize_model(model:nn.Module, # Llama-style causal LM, modified in pla
                        scale_vo:str='gqa', # 'gqa' or 'skip' (the reference's rule for GQA models)
                        quantize:bool=True, # finish with RTN; False: scaled and clipped full-precision model
                        batch_size:int=8, # sequences per forward
+                       pack:bool=False, # also return every layer's `sensq.pack.PackedWeight` under 'packed'
                       )->dict:
     "AWQ: search and fold per-channel scales block by block, clip, then RTN; stats with the chosen alphas and exact bits."
     if not isinstance(spec, QuantSpec): raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -247,11 +249,13 @@ def awq_quantize_model(model:nn.Module, # Llama-style causal LM, modified in pla
             hidden = out
             del feats
         lins = linear_layers(model, include=layers)
-        if quantize:
-            for name, lin in lins.items(): lin.weight.copy_(rtn(lin.weight, spec))
-    bits = sum(storage_bits(tuple(l.weight.shape), spec) for l in lins.values())
-    numel = sum(l.weight.numel() for l in lins.values())
+        packed = {}
+        if quantize:                                   # RTN on the scaled, clipped weights; the written weight is the packed one
+            for name, lin in lins.items():
+                packed[name] = pw = pack_quantized(quantize_weight(lin.weight.float(), spec, name=name))
+                lin.weight.copy_(pw.dequantize().to(lin.weight.dtype))
+    summ = packed_summary(packed) if quantize else {}
     alphas_used = [v['alpha'] for v in chosen.values()]
-    return dict(method='awq', spec=str(spec), bits_per_weight=bits / numel if quantize else None, seconds=t_all.seconds,
+    return dict(method='awq', spec=str(spec), bits_per_weight=summ.get('bits_per_weight'), bytes=summ.get('bytes'), seconds=t_all.seconds,
                 n_layers=len(lins), quantized=quantize, clip=clip, scale_vo=scale_vo, mean_alpha=sum(alphas_used) / len(alphas_used),
-                groups=chosen, clipped_fraction=clipped, calib_shape=tuple(calib.shape))
+                groups=chosen, clipped_fraction=clipped, calib_shape=tuple(calib.shape), **({'packed': packed} if pack else {}))

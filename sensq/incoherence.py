@@ -18,7 +18,7 @@ from .quant import QuantSpec, QuantizedTensor, QuantParams, quantize, dequantize
 from .models import linear_layers
 from .gptq import GPTQResult, gptq_quantize, sequential_quantize, prepare_layer, gptq_block_loop
 from .spqr import spqr_quantize
-from .pack import FORMAT_VERSION, PackedWeight, pack_codes, sparse_dense
+from .pack import FORMAT_VERSION, PackedWeight, pack_codes, pack_quantized, sparse_dense
 
 # %% auto #0
 __all__ = ['logger', 'TRANSFORM_TYPE', 'SEED_BITS', 'GRID_FITS', 'INCOHERENT_METHODS', 'splitmix64', 'random_signs', 'jacobsthal',
@@ -456,10 +456,10 @@ class IncoherentResult:
 
     @property
     def storage_bits(self)->int:
-        "Stored bits: the quantizer's (codes, statistics, its sparse part) plus 64 per seed."
+        "Stored bits: the packed layer's bytes (codes, statistics, g_idx, the transform's 64-bit seeds) x 8."
         inner = self.inner
-        b = storage_bits(inner.shape, inner.spec) if isinstance(inner, QuantizedTensor) else inner.storage_bits
-        return b + transform_bits(self.config)
+        base = pack_quantized(inner) if isinstance(inner, QuantizedTensor) else inner.packed()   # `pack_incoherent` without the seeds
+        return 8 * base.nbytes() + transform_bits(self.config)
 
     @property
     def bits_per_weight(self)->float: return self.storage_bits / self.Q.numel()
@@ -536,18 +536,10 @@ def pack_incoherent(r:IncoherentResult, # an incoherent RTN or GPTQ layer
                    )->PackedWeight: # packed $\widehat W'$ with the transform in its configuration
     "Pack the quantized transformed weight (codes, fp16 scales, zeros, g_idx) and its transform."
     inner = r.inner
-    if not isinstance(inner, (QuantizedTensor, GPTQResult)):
-        raise ValueError(f"pack_incoherent packs RTN or GPTQ layers (uniform grids), got {type(inner).__name__}")
-    spec = inner.spec
-    N, K = r.Q.shape
-    codes = inner.codes.to(torch.int64)
-    cfg = dict(version=FORMAT_VERSION, grid=_grid_of(spec), bits=spec.bits, group_size=spec.group_size,
-               in_features=K, out_features=N, transform=dict(r.config['transform']))
-    t = dict(qweight=pack_codes(codes, spec.bits), scales=inner.scale.to(torch.float16))
-    if cfg['grid'] == 'asym': t['qzeros'] = pack_codes(inner.zero.round().to(torch.int64), spec.bits)
-    elif cfg['grid'] == 'minmax': t['mins'] = (-inner.scale.to(torch.float16).float() * inner.zero).to(torch.float16)
-    if isinstance(inner, GPTQResult) and inner.perm is not None and not inner.static_groups: t['g_idx'] = inner.g_idx.to(torch.int32)
-    return PackedWeight(cfg, t)
+    if isinstance(inner, QuantizedTensor): base = pack_quantized(inner)
+    elif isinstance(inner, GPTQResult): base = inner.packed()
+    else: raise ValueError(f"pack_incoherent packs RTN or GPTQ layers (uniform grids), got {type(inner).__name__}")
+    return PackedWeight({**base.config, 'transform': dict(r.config['transform'])}, base.tensors)
 
 def incoherent_dequantize(pw:PackedWeight, # a packed layer with a `transform` entry
                           dtype:torch.dtype=torch.float32, # result dtype

@@ -396,6 +396,8 @@ def kernel_unsupported(packed:PackedWeight # a packed layer
     c = packed.config
     if c.get('grid') not in GRIDS: return f"unknown grid {c.get('grid')!r}"
     if c.get('bits') not in KERNEL_BITS: return f"{c.get('bits')}-bit codes are not implemented in the kernels (they read {KERNEL_BITS} bits)"
+    if c.get('transform'): return "an incoherence transform (the layer applies it around the product: `sensq.incoherence`)"
+    if any(n.endswith('_qq') for n in packed.tensors): return "second-level (quantized) statistics: the kernels read fp16 scales and zeros"
     return None
 
 def _need(t, name, dtypes, shape):

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from .core import timer
 from .quant import QuantSpec, QuantizedTensor, quantize, dequantize, storage_bits
+from .pack import PackedWeight, pack_quantized
 from .dense_sparse import DenseSparseTensor, dense_sparse_from, dense_bits, fill_masked
 from .requant import RTNBase, GPTQBase, requant_quantize_model
 from .oac import oac_hessian_fn
@@ -65,6 +66,12 @@ class IncoherentDense:
     def dequantize(self) -> Tensor:
         "$U^\\top \\widehat{W'} V$ in the original space, float32."
         return inverse_transform_weight(self.inner.dequantize().double(), self.config).float()
+
+    def packed(self) -> PackedWeight:
+        "The packed transformed weight with its transform in the configuration (what `sensq.pack` stores)."
+        inner = self.inner
+        base = pack_quantized(inner) if isinstance(inner, QuantizedTensor) else inner.packed()
+        return PackedWeight({**base.config, 'transform': dict(self.config['transform'])}, base.tensors)
 
     @property
     def storage_bits(self) -> int:

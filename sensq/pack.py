@@ -85,13 +85,14 @@ def _check_grid(grid):
 def column_groups(in_features:int, # K, input columns
                   group_size:int|None, # columns per group; None = one group per row
                   g_idx:Tensor|None=None, # (K,) group of each column (act-order); None: contiguous groups
+                  device:torch.device|str='cpu', # where the contiguous groups are built (g_idx keeps its own device)
                  )->Tensor: # (K,) int64 group of each input column
     "Group index of each input column: `g_idx` when given, else $\\lfloor k/g \\rfloor$."
     if g_idx is not None:
         if g_idx.shape != (in_features,): raise ValueError(f"g_idx must have shape ({in_features},), got {tuple(g_idx.shape)}")
         return g_idx.to(torch.int64)
-    if group_size is None: return torch.zeros(in_features, dtype=torch.int64)
-    return torch.arange(in_features, dtype=torch.int64) // group_size
+    if group_size is None: return torch.zeros(in_features, dtype=torch.int64, device=device)
+    return torch.arange(in_features, dtype=torch.int64, device=device) // group_size
 
 # %% ../nbs/40_pack.ipynb #bf969acc
 def dense_from_stats(q:Tensor, # (N, K) codes (any numeric dtype)
@@ -124,7 +125,7 @@ def dequantize_uniform(qweight:Tensor, # (N, packed_words(K, bits)) int32 codes
     G = scales.shape[1]
     q = unpack_codes(qweight, bits, in_features)
     z = unpack_codes(zeros, bits, G) if grid == 'asym' else zeros
-    return dense_from_stats(q, scales, z, bits, grid, column_groups(in_features, group_size, g_idx)).to(dtype)
+    return dense_from_stats(q, scales, z, bits, grid, column_groups(in_features, group_size, g_idx, qweight.device)).to(dtype)
 
 def decode_second_level(codes:Tensor, # (N, packed_words(G, bits)) int32 packed codes of one statistic
                         scale:Tensor, # (ceil(N/r), G) fp16 second-level steps
@@ -227,7 +228,7 @@ class PackedWeight:
         c, t = self.config, self.tensors
         if c['grid'] == 'codebook': return dequantize_codebook(t['qweight'], t['lut'], c['bits'], c['in_features'], dtype)
         s, z = self.statistics()
-        gi = column_groups(c['in_features'], c['group_size'], t.get('g_idx'))
+        gi = column_groups(c['in_features'], c['group_size'], t.get('g_idx'), t['qweight'].device)
         return dense_from_stats(self.codes(), s, z, c['bits'], c['grid'], gi).to(dtype)
 
     def sparse(self, dtype:torch.dtype=torch.float32)->Tensor:

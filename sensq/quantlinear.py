@@ -17,10 +17,10 @@ from .quant import QuantSpec, quantize
 
 # %% auto #0
 __all__ = ['LAYOUT_TENSORS', 'QUANT_METHOD', 'unpack_fast', 'dequantize_packed', 'tensor_spec', 'layer_layout',
-           'check_layer_tensors', 'QuantLinear', 'replace_with_quant_linear', 'pack_model', 'quant_layers',
-           'unpack_model', 'model_memory', 'rss_bytes', 'SensqConfig', 'SensqHfQuantizer', 'register_with_transformers',
-           'safetensors_header', 'checkpoint_shards', 'validate_checkpoint_files', 'write_packed_checkpoint',
-           'load_packed', 'quant_chain', 'generate_with', 'generate_text']
+           'check_layer_tensors', 'QuantLinear', 'triton_forward', 'replace_with_quant_linear', 'pack_model',
+           'quant_layers', 'unpack_model', 'model_memory', 'rss_bytes', 'SensqConfig', 'SensqHfQuantizer',
+           'register_with_transformers', 'safetensors_header', 'checkpoint_shards', 'validate_checkpoint_files',
+           'write_packed_checkpoint', 'load_packed', 'quant_chain', 'generate_with', 'generate_text']
 
 # %% ../nbs/42_quantlinear.ipynb #9b833601
 _logger = logging.getLogger(__name__)
@@ -280,6 +280,26 @@ class QuantLinear(nn.Module):
         c = self.config
         return (f"in_features={self.in_features}, out_features={self.out_features}, grid={c['grid']}, bits={c['bits']}, "
                 f"group_size={c.get('group_size')}, bias={self.bias is not None}, tensors={','.join(self.tensor_names)}")
+
+# %% ../nbs/42_quantlinear.ipynb #9336e1c7
+def triton_forward(module:QuantLinear, # the layer
+                   x:Tensor, # (..., in_features) input on a CUDA device
+                  )->Tensor|None: # $x\hat W^\top + b$, or None where the kernels do not serve the layer or input
+    "`QuantLinear.kernel`: the fused Triton kernel (`sensq.kernels.packed_linear`), the layer checked and laid out once per device."
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32): return None
+    cache = module.__dict__.setdefault('_kernel_cache', {})
+    key = (x.device, module.tensors['qweight'].data_ptr())
+    if key not in cache:
+        from sensq.kernels import kernel_unsupported, kernel_weight
+        why = kernel_unsupported(module.packed)
+        if why: _logger.info("%s: torch path (%s)", module.extra_repr().split(',')[0], why)
+        cache.clear(); cache[key] = None if why else kernel_weight(module.packed)
+    kw = cache[key]
+    if kw is None: return None
+    from sensq.kernels import packed_linear
+    return packed_linear(x, kw, None if module.bias is None else module.bias.to(x.dtype))
+
+QuantLinear.kernel = triton_forward
 
 # %% ../nbs/42_quantlinear.ipynb #1b798587
 def _set_module(model:nn.Module, name:str, module:nn.Module):

@@ -227,7 +227,7 @@ def spqr_quantize(W:Tensor, # (d_row, d_col) weight
     crow[1:] = outl.sum(1).cumsum(0)
     with warnings.catch_warnings():                            # torch flags sparse CSR as beta on construction
         warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
-        sparse = torch.sparse_csr_tensor(crow, outl.nonzero()[:, 1], sval[outl], tuple(outl.shape), check_invariants=False)  # every outlier, even a 0
+        sparse = torch.sparse_csr_tensor(crow, outl.nonzero()[:, 1], sval[outl], tuple(outl.shape), device=outl.device, check_invariants=False)  # every outlier, even a 0
     idx = g_idx.to(r.scale.device).expand(codes.shape[0], -1)
     dense = dequantize_codes(codes, r.scale.gather(1, idx), r.zero.gather(1, idx), not spec.int_zero)  # D, as in the loop
     bounds = group_bounds(W.shape[1], spec.group_size)

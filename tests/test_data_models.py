@@ -85,7 +85,7 @@ def test_local_files(tmp_path, btok):
 
 
 def test_unknown_source_lists_names():
-    with pytest.raises(ValueError, match=r"valid names are \['default', 'wikitext2', 'c4', 'pile', 'redpajama'\]"):
+    with pytest.raises(ValueError, match=r"valid names are \['default', 'wikitext2', 'c4', 'pile', 'redpajama', 'cot', 'mix'\]"):
         load_text('wiki')
 
 

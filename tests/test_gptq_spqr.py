@@ -81,10 +81,14 @@ def test_gptq_output_error_below_rtn(spec):
 
 
 def rtn_bits(shape, spec):
-    "RTN's storage by hand: codes, an fp16 scale per row and group, and a zero of `bits` (integer), 16 (min–max) or 0 (sym) bits."
+    """RTN's stored bits by hand, in sensq.pack's layout: each row's codes in whole int32 words, an fp16 scale per row
+    and group, and per row the zeros as `bits`-bit codes in whole int32 words (integer zero), fp16 mins (min-max) or
+    nothing (sym)."""
     d_row, d_col = shape
     groups = 1 if spec.group_size is None else -(-d_col // spec.group_size)
-    return d_row * d_col * spec.bits + d_row * groups * (16 + (0 if spec.sym else spec.bits if spec.int_zero else 16))
+    words = lambda n: 4 * -(-n * spec.bits // 32)
+    zeros = 0 if spec.sym else words(groups) if spec.int_zero else 2 * groups
+    return 8 * d_row * (words(d_col) + 2 * groups + zeros)
 
 
 def test_gptq_blocksize_does_not_change_result():
@@ -274,14 +278,16 @@ def test_model_level_gptq_and_spqr_with_custom_hessian():
     m = tiny_llama(n_layers=2)
     st = gptq_quantize_model(m, calib, QuantSpec(3, 32), progress=False, act_order=True, true_sequential=True)
     assert st['method'] == 'gptq' and st['n_layers'] == 14
-    # bits by hand, w3g32a with act-order (dynamic groups: g_idx stored), per block of the tiny Llama:
-    #   q, o 64x64   : 64·64·3 codes + 64·2·(16+3) scale/zero + 64·1 g_idx   = 12288 + 2432 + 64  = 14784
-    #   k, v 32x64   : 6144 + 32·2·19 + 64                                    =  6144 + 1216 + 64  =  7424
-    #   gate, up 128x64: 24576 + 128·2·19 + 64                                = 24576 + 4864 + 64  = 29504
-    #   down 64x128  : 24576 + 64·4·19 + 128·2                                = 24576 + 4864 + 256 = 29696
-    # block: 2·14784 + 2·7424 + 2·29504 + 29696 = 133120 bits for 36864 weights
-    assert sum(s['bits'] for s in st['layers'].values()) == 2 * 133120
-    assert st['bits_per_weight'] == pytest.approx(133120 / 36864, rel=1e-12)
+    # bytes by hand, w3g32a with act-order (dynamic groups: int32 g_idx stored), per block of the tiny Llama; per row:
+    # codes in int32 words, fp16 scales, 3-bit zeros in int32 words
+    #   q, o 64x64     : 64·(4·6 + 2·2 + 4·1) + 4·64   = 2048 + 256 = 2304
+    #   k, v 32x64     : 32·32 + 256                   = 1024 + 256 = 1280
+    #   gate, up 128x64: 128·32 + 256                  = 4096 + 256 = 4352
+    #   down 64x128    : 64·(4·12 + 2·4 + 4·1) + 4·128 = 3840 + 512 = 4352
+    # block: 2·2304 + 2·1280 + 2·4352 + 4352 = 20224 bytes for 36864 weights
+    assert sum(s['bits'] for s in st['layers'].values()) == 2 * 8 * 20224
+    assert st['bytes'] == 2 * 20224
+    assert st['bits_per_weight'] == pytest.approx(8 * 20224 / 36864, rel=1e-12)
     calls = []
     def eye_hessians(model, b, hidden, kwargs, input_ids, names):
         calls.append((b, tuple(names)))

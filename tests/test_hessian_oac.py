@@ -136,24 +136,28 @@ def _identity_hessians(model, b, hidden, kwargs, input_ids, names):
 
 def test_oac_end_to_end_beats_rtn_at_equal_bits():
     """OAC without outliers (tau=inf: GPTQ's loop driven by the OAC Hessian) against RTN on the same SpQR grid, with the
-    same second-level statistics and act-order index (an identity Hessian: no error feedback) -- identical bits, 2 bits.
-    Share of RTN's held-out loss increase that OAC removes, tiny Llama trained 200 steps, seeds 0-4 (calibration
-    seed+1; avx2, 1 thread): 55%, 49%, 57%, 57%, 68% (seed 0 under ATEN_CPU_CAPABILITY=default: 50%); GPTQ's Hessian
-    33-84%, so OAC is not claimed to beat GPTQ here. Asserted on seed 1, the worst: OAC removes >= 25%.
+    same second-level statistics (an identity Hessian: no error feedback), both without act-order so neither stores a
+    g_idx -- identical bits, 2 bits. Share of RTN's held-out loss increase that OAC removes, tiny Llama trained 200
+    steps, seeds 0-4 (calibration seed+1; 1 thread): 44.5%, 54%, 67%, 47%, 64%; GPTQ's Hessian 31-69%, so OAC is not
+    claimed to beat GPTQ here. Asserted on seed 0, the worst: OAC removes >= 25%.
     At 3 bits this model's loss moves by ~0.005 nats, the spread between seeds: no claim there."""
     import copy, math
     from sensq.data import calibration_windows, eval_windows
     from sensq.oac import oac_quantize_model
     from sensq.spqr import spqr_quantize_model
-    seed = 1
+    seed = 0
     base, tr, ev = _trained_tiny(seed=seed)
     calib, evw = calibration_windows(tr, 16, 64, seed=seed + 1), eval_windows(ev, 64, max_windows=64)
     spec = QuantSpec(2, 16, int_zero=False)
     with torch.no_grad(): fp = lm_loss(base, evw).item()
     r, o = copy.deepcopy(base), copy.deepcopy(base)
-    s_rtn = spqr_quantize_model(r, calib, spec, progress=False, tau=math.inf, hessian_fn=_identity_hessians)
-    s_oac = oac_quantize_model(o, calib, spec, progress=False, tau=math.inf)
-    assert s_oac['bits_per_weight'] == s_rtn['bits_per_weight'] == 97920 / 36864   # by hand, per block: 97920 bits (21_spqr)
+    s_rtn = spqr_quantize_model(r, calib, spec, progress=False, tau=math.inf, hessian_fn=_identity_hessians, act_order=False)
+    s_oac = oac_quantize_model(o, calib, spec, progress=False, tau=math.inf, act_order=False)
+    # bytes by hand per block (N x K layer, G = K/16 groups, N/16 row groups): 2-bit codes in int32 words per row,
+    # 3-bit second-level scale and zero codes in int32 words per row, four fp16 (N/16, G) second-level statistics:
+    #   q, o 64x64: 64·16 + 2·64·4 + 4·2·4·4 = 1664;  k, v 32x64: 832;  gate, up 128x64: 3328;  down 64x128: 2816
+    # block: 2·1664 + 2·832 + 2·3328 + 2816 = 14464 bytes for 36864 weights
+    assert s_oac['bits_per_weight'] == s_rtn['bits_per_weight'] == 8 * 14464 / 36864
     with torch.no_grad(): l_rtn, l_oac = lm_loss(r, evw).item(), lm_loss(o, evw).item()
     assert l_oac - fp < 0.75 * (l_rtn - fp), (fp, l_rtn, l_oac)
     assert s_oac['method'] == 'oac' and s_oac['n_layers'] == 14 and s_oac['hessian_block_passes'] == 16 * 3
