@@ -50,7 +50,7 @@ run() {  # run NAME TIMEOUT_S CMD...: log to OUTDIR/NAME.log, record rc and seco
   STEPS+=("$name $rc $s $limit")
 }
 
-run env 60 bash -c "
+run env 90 bash -c "
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo 'nvidia-smi: not available'
   $PY - <<'PYEOF'
 import importlib, pkgutil, platform, sys
