@@ -329,7 +329,7 @@ def check_tasks(tasks:str|None, # --tasks: comma-separated lm-eval task names an
     from sensq.tasks import select_tasks, TaskDataUnavailable
     try: return select_tasks(tasks)
     except TaskDataUnavailable: raise  # one line already, naming the task and what to do
-    except ValueError as e: raise UsageError(f"--tasks {tasks}: {e}") from None
+    except (ValueError, FileNotFoundError) as e: raise UsageError(f"--tasks {tasks}: {e}") from None
 
 def task_prefix(tokenizer, # the loaded tokenizer
                 prefix_token_id:int|None, # --prefix_token_id
