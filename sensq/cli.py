@@ -242,11 +242,12 @@ def save_quantized(model, # quantized causal LM
         writer(model, tokenizer, tmp, stats)
     return Path(out_dir)
 
-def round_dense(model, # a model whose quantized layers are already `QuantLinear`s (`sensq.quantlinear.pack_model`)
+def round_dense(model, # a quantized model (simulated `nn.Linear`s or packed `QuantLinear`s)
+                layers, # names of the quantized layers (their weights are stored packed)
                ) -> str|None: # the storage dtype's name, or None when the tensors are stored as they are
-    "Round the dense floating tensors (embedding, norms, unquantized layers) to the dtype the packed checkpoint stores them in."
+    "Round the dense floating tensors (embedding, norms, biases, unquantized layers) to the dtype the packed checkpoint stores them in."
     from sensq.quantlinear import quant_layers, _resolve_dense_dtype
-    packed = {f"{ln}.{n}" for ln, q in quant_layers(model).items() for n in q.tensor_names}
+    packed = {f"{ln}.weight" for ln in layers} | {f"{ln}.{n}" for ln, q in quant_layers(model).items() for n in q.tensor_names}
     dense = {n: t for n, t in model.state_dict().items() if n not in packed}
     dt = _resolve_dense_dtype('auto', dense)  # the choice `write_packed_checkpoint` makes: fp16 when every value fits, else bf16
     if dt is None: return None
@@ -476,12 +477,11 @@ def sensq_quantize(
                          **params, **({'pack': True} if save else {}))
         packed = stats.pop('packed', None)
         row = dict(model=model, **stats, peak_rss_gb=peak_rss_gb())
-        if save:  # evaluate what is saved: packed layers, dense tensors rounded to their storage dtype
-            pack_model(m, packed)
-            row['dense_dtype'] = round_dense(m)
+        if save: row['dense_dtype'] = round_dense(m, packed)  # evaluate what is saved: the other tensors as they are stored
         if eval_windows: row.update(evaluate(m, tok, text, seqlen, eval_windows, progress=not quiet))
         if sel: table, row['tasks'] = run_task_eval(m, tok, sel, num_fewshot, limit, batch_size, prefix, quiet)
         if save:
+            pack_model(m, packed)  # each layer's dequantized packed weight is the simulated weight evaluated above, bit for bit
             meta = dict(row, eval_protocol=protocol_line(row) if eval_windows else None, sensq_version=__version__, chain=chain)
             save_quantized(m, tok, save, meta, overwrite, writer=write_packed_checkpoint)
             stored = json.loads((Path(save) / 'sensq_quant.json').read_text())['stored']
