@@ -664,7 +664,8 @@ def sensq_export(
     with atomic_output_dir(out, overwrite, marker={'writer': 'sensq export', 'format': format}) as tmp:
         export_compressed_tensors(model, tmp)
     print(f"exported {model} to {out}: {format} {CT_VERSION} (pack-quantized), {folder_bytes(out) / 2**20:.4g} MiB; "
-          f"load it with transformers and the compressed-tensors package, or serve it with vLLM")
+          f"serve it with vLLM, or load it with transformers and compressed-tensors (an asymmetric grid through "
+          f"quantization_config=CompressedTensorsConfig(dequantize=True))")
     sys.stdout.flush()
     return Path(out)
 

@@ -1,5 +1,5 @@
 "End-to-end tests of the `sensq` command with packed checkpoints: quantize --save, loading, generate, export, --tasks."
-import json, shutil, subprocess, sys
+import importlib.util, json, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -137,6 +137,17 @@ def test_export_rtn_writes_compressed_tensors(q3, tmp_path):
     for ln in quantized_layers(folder):
         assert {f"{ln}.weight_packed", f"{ln}.weight_scale", f"{ln}.weight_zero_point", f"{ln}.weight_shape"} <= names
     assert json.loads((tmp_path / 'ct' / MARKER_FILE).read_text())['writer'] == 'sensq export'
+    if importlib.util.find_spec('compressed_tensors'):  # transformers + compressed-tensors load it with sensq's logits
+        import warnings
+        from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+        from sensq.quantlinear import load_packed
+        ours, _ = load_packed(folder)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # asymmetric grid: only the dequantize route loads it (see 43_export)
+            theirs = AutoModelForCausalLM.from_pretrained(tmp_path / 'ct', quantization_config=CompressedTensorsConfig(dequantize=True))
+        with torch.no_grad(): lo, lt = ours(torch.tensor(IDS)).logits, theirs(torch.tensor(IDS)).logits
+        # identical weights, float32 arithmetic on both sides: only summation order may differ
+        assert (lt - lo).abs().max() <= 1e-5 * lo.abs().max()
     again = run('export', folder, '--out', tmp_path / 'ct', ok=False)
     assert '--overwrite' in one_error_line(again, 'export', f"--out {tmp_path / 'ct'}: ")
     run('export', folder, '--out', tmp_path / 'ct', '--overwrite')
