@@ -1,6 +1,9 @@
 """Every method returns its packed result: with `pack=True` the stats carry a `sensq.pack.PackedWeight` per layer whose
 `dequantize()` is, bit for bit, the (fp32) weight the method wrote into the model, and `bits_per_weight` is the bytes of
-those packed layers over the weights. Tiny two-block Llama, bits 2, 3 and 4."""
+those packed layers over the weights; and that result round-trips through a checkpoint (`write_packed_checkpoint`,
+then `AutoModelForCausalLM.from_pretrained` after `import sensq`): tensors bit-exact, logits those of the simulated
+model. Tiny two-block Llama, bits 2, 3 and 4."""
+import copy
 import pytest
 import torch
 from sensq.quant import QuantSpec
@@ -13,6 +16,8 @@ from sensq.oac import oac_quantize_model
 from sensq.squeezellm import squeezellm_quantize_model
 from sensq.gwq import gwq_quantize_model
 from sensq.requant import requant_quantize_model
+from sensq.quantlinear import pack_model, quant_layers, write_packed_checkpoint
+from transformers import AutoModelForCausalLM
 
 torch.set_num_threads(1)
 CALIB = torch.randint(0, 256, (4, 24), generator=torch.Generator().manual_seed(0))
@@ -37,7 +42,7 @@ METHODS = {  # name -> (function of (model, bits), the packed grid, sparse part 
 
 @pytest.mark.parametrize('bits', [2, 3, 4])
 @pytest.mark.parametrize('method', list(METHODS))
-def test_simulated_weight_is_the_packed_weight(method, bits):
+def test_simulated_weight_is_the_packed_weight(method, bits, tmp_path):
     fn, grid, sparse = METHODS[method]
     model = tiny_llama(n_layers=2, seed=0)
     st = fn(model, bits)
@@ -58,3 +63,16 @@ def test_simulated_weight_is_the_packed_weight(method, bits):
     assert (sum(p.nnz for p in st['packed'].values()) > 0) == sparse
     assert st['bits_per_weight'] == pytest.approx(8 * nbytes / n, rel=1e-12)
     if sparse: assert st['paper_bits_per_weight'] == pytest.approx(paper / n, rel=1e-12)
+    # the checkpoint round trip: packed tensors bit-exact after save and load, logits equal to the simulated model's
+    # (the same fp32 weights through the same F.linear; allowed: fp32 rounding, 1e-5 of the largest logit)
+    d = write_packed_checkpoint(pack_model(copy.deepcopy(model), st['packed']), None, tmp_path / 'ckpt',
+                                dict(method=method, bits=bits), dense_dtype=None)
+    loaded = AutoModelForCausalLM.from_pretrained(d)
+    ql = quant_layers(loaded)
+    assert set(ql) == set(lins)
+    for k, pw in st['packed'].items():
+        for name, t in pw.tensors.items():
+            got = getattr(ql[k], name)
+            assert got.dtype == t.dtype and torch.equal(got, t), (k, name)
+    with torch.no_grad(): a, b = loaded(CALIB).logits, model(CALIB).logits
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max()
