@@ -261,8 +261,21 @@ class QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features: raise ValueError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
         y = self.kernel_forward(x)
         if y is not None: return y
+        if self.config.get('transform'): return self.incoherent_forward(x)
         W = self.dequantize(torch.float32).to(device=x.device, dtype=x.dtype)   # reference path
         return F.linear(x, W, None if self.bias is None else self.bias.to(x.dtype))
+
+    def incoherent_forward(self, x:Tensor)->Tensor:
+        "An incoherent layer ($\hat W = U^\top \widehat{W'} V + S$): $y = ((xV^\top)\widehat{W'}^\top)U + xS^\top + b$, transforms applied online."
+        from sensq.incoherence import transform_input, transform_output   # fast Walsh–Hadamard (Triton on CUDA)
+        c = {k: v for k, v in self.config.items() if k != 'transform'}
+        dense = {n: t for n, t in self.tensors.items() if not n.startswith('sparse_')}
+        Wp = dequantize_packed(c, dense, torch.float32).to(device=x.device, dtype=x.dtype)   # stays in the transformed space
+        y = transform_output(F.linear(transform_input(x, self.config), Wp), self.config)
+        if 'sparse_crow' in self.tensor_names:
+            S = sparse_dense(self.sparse_crow, self.sparse_col, self.sparse_val, (self.out_features, self.in_features))
+            y = y + F.linear(x, S.to(device=x.device, dtype=x.dtype))
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def _apply(self, fn, recurse=True):
         "Move the packed buffers with the module, never change their dtypes; the bias follows `fn` as usual."
