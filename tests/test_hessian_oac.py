@@ -1,5 +1,5 @@
 "Hessian providers (sensq.hessian) and OAC end to end (sensq.oac) on tiny Llama fixtures."
-import logging, os
+import logging, math, os
 os.environ.setdefault('TRITON_INTERPRET', '1'); os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 import pytest, torch
 import torch.nn.functional as F
@@ -134,23 +134,37 @@ def _identity_hessians(model, b, hidden, kwargs, input_ids, names):
     return {n: torch.eye(lins[n].in_features) for n in names}
 
 
-def test_oac_end_to_end_beats_rtn_at_equal_bits():
-    """OAC without outliers (tau=inf: GPTQ's loop driven by the OAC Hessian) against RTN on the same SpQR grid, with the
-    same second-level statistics (an identity Hessian: no error feedback), both without act-order so neither stores a
-    g_idx -- identical bits, 2 bits. Share of RTN's held-out loss increase that OAC removes, tiny Llama trained 200
-    steps, seeds 0-4 (calibration seed+1; 1 thread): 44.5%, 54%, 67%, 47%, 64%; GPTQ's Hessian 31-69%, so OAC is not
-    claimed to beat GPTQ here. Asserted on seed 0, the worst: OAC removes >= 25%.
-    At 3 bits this model's loss moves by ~0.005 nats, the spread between seeds: no claim there."""
-    import copy, math
-    from sensq.data import calibration_windows, eval_windows
+def test_oac_lowers_its_objective_below_rtn_at_equal_bits():
+    """What OAC optimises, checked where the margin is large on every CPU: on each layer of block 0, GPTQ's loop driven by
+    the output-adaptive Hessian Ĥ (tau=inf, no act-order) against RTN on the same SpQR grid with the same second-level
+    statistics (an identity Hessian: no error feedback) -- identical bits. The ratio of tr(ΔW Ĥ ΔWᵀ), random tiny
+    Llamas, seeds 0-4, 2 bits: 0.275-0.812 over all 35 layers, the same under ATEN_CPU_CAPABILITY=default and avx2
+    (1 thread). Asserted: < 0.9 on every layer. (End to end, on a tiny model trained for 200 steps, the share of RTN's
+    loss increase OAC removes swings with the CPU's kernels -- 13% to 82% between seeds and capabilities -- so no
+    end-to-end ranking is asserted; 22_oac prints it, 23_hessian_study measures it on the real model.)"""
+    from sensq.spqr import spqr_quantize
+    spec = QuantSpec(2, 16, int_zero=False)
+    for seed in range(5):
+        m = tiny_llama(n_layers=2, seed=seed)
+        calib = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(seed + 1))
+        inp = capture_block_inputs(m, calib)
+        Hs = oac_hessians(m, 0, inp.hidden, inp.kwargs, calib)
+        for n, l in block_linear_layers(get_blocks(m)[0]).items():
+            W, H = l.weight.data, Hs[n].double()
+            obj = lambda Q: float(torch.trace((W.double() - Q.double()) @ H @ (W.double() - Q.double()).T))
+            r_oac = spqr_quantize(W, Hs[n], spec, tau=math.inf, act_order=False)
+            r_rtn = spqr_quantize(W, torch.eye(W.shape[1]), spec, tau=math.inf, act_order=False)
+            assert r_oac.packed().nbytes() == r_rtn.packed().nbytes(), n
+            assert obj(r_oac.Q) < 0.9 * obj(r_rtn.Q), (seed, n, obj(r_oac.Q) / obj(r_rtn.Q))
+
+
+def test_oac_model_level_bits_match_rtn_on_the_same_grid():
+    "OAC's driver (tau=inf, no act-order) and RTN on SpQR's grid store the same bytes: a hand count per block."
     from sensq.oac import oac_quantize_model
     from sensq.spqr import spqr_quantize_model
-    seed = 0
-    base, tr, ev = _trained_tiny(seed=seed)
-    calib, evw = calibration_windows(tr, 16, 64, seed=seed + 1), eval_windows(ev, 64, max_windows=64)
+    calib = _calib(8, 32)
     spec = QuantSpec(2, 16, int_zero=False)
-    with torch.no_grad(): fp = lm_loss(base, evw).item()
-    r, o = copy.deepcopy(base), copy.deepcopy(base)
+    r, o = tiny_llama(n_layers=2, seed=0), tiny_llama(n_layers=2, seed=0)
     s_rtn = spqr_quantize_model(r, calib, spec, progress=False, tau=math.inf, hessian_fn=_identity_hessians, act_order=False)
     s_oac = oac_quantize_model(o, calib, spec, progress=False, tau=math.inf, act_order=False)
     # bytes by hand per block (N x K layer, G = K/16 groups, N/16 row groups): 2-bit codes in int32 words per row,
@@ -158,9 +172,7 @@ def test_oac_end_to_end_beats_rtn_at_equal_bits():
     #   q, o 64x64: 64·16 + 2·64·4 + 4·2·4·4 = 1664;  k, v 32x64: 832;  gate, up 128x64: 3328;  down 64x128: 2816
     # block: 2·1664 + 2·832 + 2·3328 + 2816 = 14464 bytes for 36864 weights
     assert s_oac['bits_per_weight'] == s_rtn['bits_per_weight'] == 8 * 14464 / 36864
-    with torch.no_grad(): l_rtn, l_oac = lm_loss(r, evw).item(), lm_loss(o, evw).item()
-    assert l_oac - fp < 0.75 * (l_rtn - fp), (fp, l_rtn, l_oac)
-    assert s_oac['method'] == 'oac' and s_oac['n_layers'] == 14 and s_oac['hessian_block_passes'] == 16 * 3
+    assert s_oac['method'] == 'oac' and s_oac['n_layers'] == 14 and s_oac['hessian_block_passes'] == 8 * 3
     assert all(math.isfinite(p.float().sum().item()) for p in o.parameters())
 
 
