@@ -245,8 +245,8 @@ class QuantLinear(nn.Module):
         return PackedWeight(copy.deepcopy(self.config), self.tensors)
 
     def nbytes(self)->int:
-        "Bytes of the packed tensors (the bias not included)."
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        "Bytes stored for the weight, as `PackedWeight.nbytes` counts them: the packed tensors plus 8 per transform seed (bias not included)."
+        return self.packed.nbytes()
 
     def dequantize(self, dtype:torch.dtype=torch.float32)->Tensor:
         "The weight $\\hat W$ (out_features, in_features), computed in float32 (`dequantize_packed`)."
