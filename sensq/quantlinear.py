@@ -266,7 +266,7 @@ class QuantLinear(nn.Module):
         return F.linear(x, W, None if self.bias is None else self.bias.to(x.dtype))
 
     def incoherent_forward(self, x:Tensor)->Tensor:
-        "An incoherent layer ($\hat W = U^\top \widehat{W'} V + S$): $y = ((xV^\top)\widehat{W'}^\top)U + xS^\top + b$, transforms applied online."
+        r"An incoherent layer ($\hat W = U^\top \widehat{W'} V + S$): $y = ((xV^\top)\widehat{W'}^\top)U + xS^\top + b$, transforms applied online."
         from sensq.incoherence import transform_input, transform_output   # fast Walsh–Hadamard (Triton on CUDA)
         c = {k: v for k, v in self.config.items() if k != 'transform'}
         dense = {n: t for n, t in self.tensors.items() if not n.startswith('sparse_')}
