@@ -8,7 +8,8 @@ from safetensors import safe_open
 from test_cli import ENV, run
 from test_cli_packed import FRESH, IDS, quantized_layers
 from sensq.cli import _tiny_fixture_dir
-from sensq.data import byte_tokenizer, get_calibration
+from transformers import AutoTokenizer
+from sensq.data import get_calibration
 from sensq.eval import EvalProtocol, evaluate_protocol
 from sensq.lowbit import lowbit_quantize_model
 from sensq.models import load_model
@@ -23,7 +24,7 @@ def saved(tmp_path_factory):
     d = tmp_path_factory.mktemp('lowbit')
     tiny = _tiny_fixture_dir(d / 'tiny')
     sim, tok = load_model(str(tiny), progress=False)
-    calib = get_calibration(byte_tokenizer(), 'default', n=4, seqlen=64, seed=0)
+    calib = get_calibration(tok, 'default', n=4, seqlen=64, seed=0)
     st = lowbit_quantize_model(sim, calib, QuantSpec(2, 16), 'gptq', incoherent=True, requant='alg2', significant=0.01,
                                pqi_N=2, pqi_windows=2, steps=1, progress=False, pack=True)
     m, _ = load_model(str(tiny), progress=False)
@@ -64,7 +65,8 @@ def test_from_pretrained_equals_simulated(saved, tmp_path):
 def test_packed_model_evaluates_like_simulated(saved, tmp_path):
     "`sensq eval --model DIR` on the packed checkpoint gives the simulated model's perplexity."
     folder, sim, _ = saved
-    want = evaluate_protocol(sim, byte_tokenizer(), PROTOCOL, progress=False)['ppl']
+    tok = AutoTokenizer.from_pretrained(folder)
+    want = evaluate_protocol(sim, tok, PROTOCOL, progress=False)['ppl']
     run('eval', '--model', folder, '--seqlen', PROTOCOL.seqlen, '--eval_windows', PROTOCOL.windows, '--out', tmp_path / 'e.json', '--quiet')
     got = json.loads((tmp_path / 'e.json').read_text())[0]['ppl']
     assert got == pytest.approx(want, rel=1e-4)
