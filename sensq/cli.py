@@ -18,12 +18,13 @@ from .models import load_model, resolve_dtype, default_gguf_path, _hf_progress
 from .eval import EvalProtocol, DEFAULT_PROTOCOL, evaluate_protocol, protocol_line, rtn_quantize_model
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_OPTIONS', 'METHOD_BASES', 'QUICK_ROWS', 'DEMO_ROWS', 'EXPORT_FORMATS', 'COMMANDS', 'get_method',
-           'method_params', 'UsageError', 'need', 'flag_check', 'check_device', 'check_safetensors', 'check_model',
-           'check_text', 'check_spec', 'validate_common', 'check_eval_windows', 'LabelledBars', 'work_output',
-           'write_hf_folder', 'save_quantized', 'round_dense', 'folder_bytes', 'evaluate', 'quantize', 'load_cli_model',
-           'check_tasks', 'task_prefix', 'run_task_eval', 'sensq_eval', 'check_method', 'sensq_quantize', 'row_label',
-           'demo_rows', 'sensq_demo', 'sensq_generate', 'check_export', 'sensq_export', 'commands', 'usage', 'main']
+__all__ = ['METHODS', 'METHOD_OPTIONS', 'METHOD_BASES', 'METHOD_FLAGS', 'QUICK_ROWS', 'DEMO_ROWS', 'EXPORT_FORMATS', 'COMMANDS',
+           'get_method', 'method_params', 'UsageError', 'need', 'flag_check', 'check_device', 'check_safetensors',
+           'check_model', 'check_text', 'check_spec', 'validate_common', 'check_eval_windows', 'LabelledBars',
+           'work_output', 'write_hf_folder', 'save_quantized', 'round_dense', 'folder_bytes', 'evaluate', 'quantize',
+           'load_cli_model', 'check_tasks', 'task_prefix', 'run_task_eval', 'sensq_eval', 'check_method',
+           'sensq_quantize', 'row_label', 'demo_rows', 'sensq_demo', 'sensq_generate', 'check_export', 'sensq_export',
+           'commands', 'usage', 'main']
 
 # %% ../nbs/90_cli.ipynb #44777207
 METHODS = {
@@ -34,6 +35,8 @@ METHODS = {
     'squeezellm': 'sensq.squeezellm:squeezellm_quantize_model',
     'gwq': 'sensq.gwq:gwq_quantize_model',
     'requant': 'sensq.requant:requant_quantize_model',
+    'awq': 'sensq.awq:awq_quantize_model',
+    'lowbit': 'sensq.lowbit:lowbit_quantize_model',
 }
 
 def get_method(name:str, # a key of `METHODS`
@@ -289,6 +292,8 @@ def quantize(model, tokenizer, # a loaded causal LM (modified in place) and its 
     params = method_params(fn, params)
     if method != 'rtn' and calib is None: calib = get_calibration(tokenizer, text, n=n_calib, seqlen=seqlen, seed=seed)
     with timer() as t: stats = fn(model, None if method == 'rtn' else calib, spec, progress=progress, **params)
+    if method == 'lowbit':  # ReQuant's stats name the engine; the row names the configuration, e.g. 'lowbit(gptq+incoherent+alg2)'
+        stats['method'] = f"lowbit({'+'.join([stats['base']] + ['incoherent'] * stats['incoherent'] + [stats['requant']] * (stats['requant'] != 'none'))})"
     protocol = {} if method == 'rtn' else dict(calib_text=text, calib_windows=len(calib), calib_seqlen=calib.shape[1], seed=seed)
     return {**stats, **protocol, 'spec': str(spec), 'seconds': t.seconds}
 
@@ -402,8 +407,22 @@ METHOD_OPTIONS = {  # flag -> (check, what a valid value is)
     'ratio': (lambda v: 0 < v < 1, "a fraction of each matrix in (0, 1), e.g. 0.01"),
     'score': (lambda v: v in ('g', 'gw'), "use 'g' (|g|) or 'gw' (|g*w|)"),
     'sensitive': (lambda v: 0 <= v < 1, "a fraction of the weights in [0, 1), e.g. 0.0005"),
+    'requant': (lambda v: v in ('none', 'alg1', 'alg2', 'both'), "ReQuant's algorithms on the base: none, alg1, alg2 or both"),
 }
-METHOD_BASES = {'gwq': ('rtn', 'gptq'), 'requant': ('rtn', 'gptq', 'squeezellm')}
+METHOD_BASES = {'gwq': ('rtn', 'gptq'), 'requant': ('rtn', 'gptq', 'squeezellm'), 'lowbit': ('rtn', 'gptq', 'awq', 'oac')}
+METHOD_FLAGS = {'lowbit': ('base', 'incoherent', 'requant', 'outliers', 'significant', 'steps', 'act_order')}  # methods whose **kw forwards
+
+def _lowbit_params(p:dict) -> dict:
+    "`--method lowbit`: act-order goes to the base (GPTQ's loop); plain AWQ is its own method."
+    base, rq = p.get('base', 'gptq'), p.get('requant', 'none')
+    if p.get('act_order'):
+        need(base in ('gptq', 'oac'), 'act_order', True, f"act-order orders GPTQ's columns; --base {base} has no GPTQ loop")
+        p = {**{k: v for k, v in p.items() if k != 'act_order'}, 'base_kw': {'act_order': True}}
+    need(not (base == 'awq' and not p.get('incoherent') and rq == 'none'), 'base', base,
+         "lowbit with --base awq and neither --incoherent nor --requant is plain AWQ: use --method awq")
+    for k, rqs in (('outliers', ('alg1', 'both')), ('significant', ('alg2', 'both')), ('steps', ('alg2', 'both'))):
+        need(k not in p or rq in rqs, k, p.get(k), f"used only with --requant {' or '.join(rqs)} (got --requant {rq})")
+    return p
 
 def check_method(method:str, # --method
                  params:dict, # method options by flag name (None: not given)
@@ -415,13 +434,17 @@ def check_method(method:str, # --method
     if params.get('base') is not None:
         need(params['base'] in METHOD_BASES.get(method, ()), 'base', params['base'],
              f"{method} takes --base {' or '.join(METHOD_BASES[method])}" if method in METHOD_BASES else f"method {method} does not take --base")
-    try: return method_params(get_method(method), params)
+    if method in METHOD_FLAGS:
+        extra = sorted(k for k, v in params.items() if v is not None and k not in METHOD_FLAGS[method])
+        if extra: raise UsageError(f"{', '.join('--' + e for e in extra)}: method {method} does not take this option")
+    try: p = method_params(get_method(method), params)
     except ValueError as e: raise UsageError(str(e)) from None
+    return _lowbit_params(p) if method == 'lowbit' else p
 
 # %% ../nbs/90_cli.ipynb #0d157e17
 @call_parse
 def sensq_quantize(
-    method:str='rtn', # rtn, gptq, spqr, oac, squeezellm, gwq or requant
+    method:str='rtn', # rtn, gptq, spqr, oac, squeezellm, gwq, requant, awq or lowbit
     model:str='default', # hub id, local folder, .gguf file, or 'default'
     bits:int=4, # bits per weight of the dense grid (2-8)
     group:int=128, # group size along the input dimension (0: whole row)
@@ -435,7 +458,9 @@ def sensq_quantize(
     eval_windows:int=5, # held-out windows evaluated (default protocol: 5 x 2048 tokens; 0: skip evaluation)
     tau:float=None, # spqr/oac: outlier threshold
     act_order:store_true=False, # gptq: quantize columns in order of decreasing Hessian diagonal
-    base:str=None, # requant/gwq: base quantizer (rtn, gptq, squeezellm)
+    base:str=None, # requant/gwq: base quantizer (rtn, gptq, squeezellm); lowbit: rtn, gptq (default), awq or oac
+    incoherent:store_true=False, # lowbit: incoherence processing (random-sign Hadamard on both sides, applied online)
+    requant:str=None, # lowbit: ReQuant's algorithms on the base: none (default), alg1, alg2 or both
     outliers:float=None, # requant: outlier budget r_o as a fraction of weights (e.g. 0.0045)
     significant:float=None, # requant: significant-weight budget r_s (e.g. 0.0005)
     steps:int=None, # requant: detach steps
@@ -457,7 +482,8 @@ def sensq_quantize(
     "Quantize a model with one method, evaluate its perplexity (and --tasks), optionally save it packed."
     a = validate_common(model, text, seqlen, eval_windows, dtype, device, out, overwrite, min_windows=0)
     spec = check_spec(bits, group, sym, minmax)
-    params = check_method(method, dict(tau=tau, act_order=act_order or None, base=base, outliers=outliers,
+    params = check_method(method, dict(tau=tau, act_order=act_order or None, base=base, incoherent=incoherent or None,
+                                       requant=requant, outliers=outliers,
                                        significant=significant, steps=steps, ratio=ratio, score=score, sensitive=sensitive))
     need(_is_int(n_calib) and n_calib >= 1, 'n_calib', n_calib, "calibration windows must be a positive integer")
     need(calib_seqlen is None or (_is_int(calib_seqlen) and calib_seqlen >= 2), 'calib_seqlen', calib_seqlen,

@@ -30,6 +30,9 @@ def ct_refusal(layer:str, # layer name, for the message
               )->str|None: # why compressed-tensors cannot represent the layer, or None
     "The reason a packed layer has no compressed-tensors `pack-quantized` representation, or None when it has one."
     c, names = config, set(tensor_names)
+    if c.get('transform'): return (f"layer {layer!r} is quantized in an incoherence-processed space (random-sign Hadamard "
+                                   f"transforms on both sides, applied online from their stored seeds); compressed-tensors' "
+                                   f"pack-quantized format has no such transform; {_OWN}")
     extra = sorted(set(c) - _BASE_KEYS)
     if extra: return (f"layer {layer!r} has a format beyond the uniform grids (configuration keys {', '.join(extra)}, e.g. SpQR's "
                       f"second-level statistics) that compressed-tensors cannot represent; {_OWN}")

@@ -221,7 +221,8 @@ def test_out_file_not_written_by_sensq_is_kept(tiny, tmp_path, no_load):
 @pytest.mark.parametrize('args, starts', [
     (['quantize', '--bits', 9], '--bits 9: bits per weight must be an integer from 2 to 8'),
     (['quantize', '--bits', 3, '--group', -4], '--group -4: '),
-    (['quantize', '--method', 'awq'], "--method awq: unknown method"),
+    (['quantize', '--method', 'qtip'], "--method qtip: unknown method"),
+    (['quantize', '--method', 'lowbit', '--requant', 'alg3'], "--requant alg3: ReQuant's algorithms"),
     (['quantize', '--method', 'spqr', '--tau', -1], '--tau -1.0: '),
     (['quantize', '--method', 'rtn', '--tau', 0.2], '--tau: method rtn does not take this option'),
     (['quantize', '--method', 'gwq', '--base', 'squeezellm'], '--base squeezellm: gwq takes --base rtn or gptq'),

@@ -156,6 +156,7 @@ def test_export_rtn_writes_compressed_tensors(q3, tmp_path):
 @pytest.mark.parametrize('args, why', [
     (['--method', 'spqr', '--tau', 0.2, '--n_calib', 2, '--group', 16], 'second-level statistics'),
     (['--method', 'rtn', '--minmax', '--group', 16], 'min–max grid'),
+    (['--method', 'lowbit', '--base', 'rtn', '--incoherent', '--group', 16], 'incoherence-processed space'),
 ])
 def test_export_refuses_with_reason(tiny, tmp_path, args, why):
     run('quantize', '--model', tiny, *args, '--bits', 3, '--seqlen', 64, '--eval_windows', 0, '--save', tmp_path / 'q', '--quiet')
