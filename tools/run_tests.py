@@ -1,7 +1,7 @@
 """The whole sensq test suite, as `make test` and CI run it.
 
 1. notebooks are clean (`nbdev_clean` changes nothing) and the module is in sync (`nbdev_export` changes nothing);
-2. `nbdev_test` on every notebook (flags in settings.ini `tst_flags`, i.e. `slow cuda`, skipped);
+2. `nbdev_test` on every notebook, each in a process of its own (flags in settings.ini `tst_flags`, i.e. `slow cuda`, skipped);
 3. `pytest tests/`.
 Ends with one line `N passed, N failed` summing all three (a notebook counts as one test).
 """
@@ -31,17 +31,35 @@ def unchanged_by(cmd):
     if before != after: print(f"FAILED: `{cmd}` changed files: run `make export` (nbdev_export + nbdev_clean) and commit.\n{after}")
     return r.returncode == 0 and before == after
 
+def notebook_files():
+    "The notebooks `nbdev_test` would test (its own selection: nbglob, `.notest` folders and `skip_exec` left out)."
+    from nbdev.config import get_config
+    from nbdev.doclinks import nbglob
+    from nbdev.test import _keep_file
+    return [f.absolute() for f in sorted(nbglob(get_config().nbs_path, as_path=True)) if _keep_file(f, '.notest')]
+
+def test_one_notebook(nb:Path):
+    "`nbdev_test` on one notebook in a process of its own; (name, passed, seconds, output)."
+    t = time.time()
+    r = subprocess.run([str(BIN/'nbdev_test'), '--path', str(nb), '--do_print'], cwd=ROOT, text=True, capture_output=True)
+    return nb.name, r.returncode == 0, time.time() - t, r.stdout + r.stderr
+
 def notebook_tests():
-    "Run nbdev_test on all notebooks; return (passed, failed)."
-    t0 = time.time()
-    r = sh(BIN/'nbdev_test', '--n_workers', str(min(os.cpu_count() or 1, 2)), '--do_print', '--timing', capture_output=True)
-    out = r.stdout + r.stderr
-    print(out)
-    started = {Path(f).name for f in re.findall(r'Starting (\S+\.ipynb)', out)}
-    failed = set(re.findall(r'^\t(\S+\.ipynb)$', out.split('Failed On The Following Notebooks:')[-1], re.M)) if r.returncode else set()
-    if r.returncode and not failed: failed = {'nbdev_test'}
-    print(f"nbdev_test: {len(started)} notebooks in {time.time()-t0:.0f}s")
-    return len(started - failed), len(failed)
+    """Run nbdev_test on every notebook, each in a fresh process (two at a time); return (passed, failed).
+    One process per notebook: a notebook that changes process-wide state (transformers' quantizer registry, torch's
+    thread count, import hooks) cannot then change the next notebook's results depending on which worker ran it."""
+    from concurrent.futures import ThreadPoolExecutor
+    t0, files = time.time(), notebook_files()
+    print(f'$ nbdev_test --path <each of {len(files)} notebooks>, {min(os.cpu_count() or 1, 2)} at a time', flush=True)
+    with ThreadPoolExecutor(min(os.cpu_count() or 1, 2)) as ex:
+        results = list(ex.map(test_one_notebook, files))
+    failed = [name for name, ok, _, _ in results if not ok]
+    for name, ok, secs, out in sorted(results, key=lambda r: -r[2]):
+        print(f"{name}: {'passed' if ok else 'FAILED'} in {secs:.0f} s")
+        if not ok: print(out)
+    if failed: print('nbdev Tests Failed On The Following Notebooks:\n\t' + '\n\t'.join(failed))
+    print(f"nbdev_test: {len(files)} notebooks in {time.time()-t0:.0f}s")
+    return len(files) - len(failed), len(failed)
 
 def pytest_tests():
     "Run pytest on tests/; return (passed, failed, skipped) from its JUnit XML."
