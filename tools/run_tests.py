@@ -5,7 +5,7 @@
 3. `pytest tests/`.
 Ends with one line `N passed, N failed` summing all three (a notebook counts as one test).
 """
-import os, re, subprocess, sys, time
+import os, subprocess, sys, time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
