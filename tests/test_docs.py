@@ -533,15 +533,19 @@ def test_execute_notebook_saves_outputs(tmp_path):
     old_out = {'output_type': 'stream', 'name': 'stdout', 'text': 'committed earlier\n'}
     nb = _nb([_md('# T'), _code('import os\nx = 6 * 7\nx'), _code('#| slow\nraise RuntimeError("slow cell ran")', [old_out]),
               _code('#| eval: false\nraise RuntimeError("eval false ran")'),
-              _code('import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);'), _code("print(os.environ['TRITON_INTERPRET'], os.getcwd())")])
+              _code('import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);'),
+              _code("print(os.environ['TRITON_INTERPRET'], os.getcwd(), os.environ.get('SENSQ_TEST_CALLER'), os.environ.get('SENSQ_TEST_EXTRA'))")])
     p = tmp_path/'nbs'/'t.ipynb'; p.parent.mkdir(); p.write_text(json.dumps(nb))
-    ex.execute(p, skip={'slow', 'cuda'}, timeout=120)
+    os.environ['SENSQ_TEST_CALLER'] = 'kept'        # the caller's environment reaches the kernel (thread counts, caches)
+    try: ex.execute(p, skip={'slow', 'cuda'}, timeout=120, env={'SENSQ_TEST_EXTRA': 'added'})
+    finally: del os.environ['SENSQ_TEST_CALLER']
+    assert 'SENSQ_TEST_EXTRA' not in os.environ, 'execute must restore the environment'
     import nbformat
     cells = nbformat.read(p, as_version=4).cells
     assert cells[1]['outputs'][0]['data']['text/plain'] == '42'
     assert [dict(o) for o in cells[2]['outputs']] == [old_out] and cells[3]['outputs'] == []
     assert any('image/png' in o.get('data', {}) for o in cells[4]['outputs'])
-    assert cells[5]['outputs'][0]['text'].split() == ['1', str(p.parent)]      # the test environment, the notebook's folder
+    assert cells[5]['outputs'][0]['text'].split() == ['1', str(p.parent), 'kept', 'added']  # test env, notebook's folder, caller's env
     assert not list(p.parent.glob('.*.tmp'))
     ex.nbdev_clean(p); once = p.read_text(); ex.nbdev_clean(p)
     assert p.read_text() == once and nbformat.reads(once, as_version=4).cells[1].outputs, 'nbdev_clean must keep outputs and be stable'

@@ -79,8 +79,8 @@ def execute(path: Path, out: Path | None = None, skip: set[str] = frozenset(), t
     path, out = Path(path).resolve(), Path(out or path).resolve()
     nb = nbformat.read(path, as_version=4)
     # the kernel inherits this process's environment: set it for the duration of the run
-    saved = dict(os.environ)
-    os.environ.clear(); os.environ.update(kernel_env(root, env))
+    saved, run_env = dict(os.environ), kernel_env(root, env)   # computed before os.environ is cleared
+    os.environ.clear(); os.environ.update(run_env)
     try:
         client = Client(nb, timeout=timeout, kernel_name='python3', allow_errors=False,
                         resources={'metadata': {'path': str(path.parent)}})

@@ -14,15 +14,23 @@ The reference configuration writes the executed notebook over the committed one 
 write to `--out` (default: a temporary folder), never over the committed notebook. A failed run leaves the committed
 notebook untouched and prints where the partly executed copy is.
 
+`--rows` adds rows to a run from a second process (a study of hours on a machine with spare cores): it executes the
+study's code cells that come before its `## Running every row` heading (setup, configuration, the row function: the
+same definitions, so every row lands in the cache under the key the full run gives it) in this Python process, then
+the given code (row calls), and writes no notebook. The full run (`--resume`) then replays those rows.
+
 Usage: python tools/run_study.py 23_hessian_study [--fresh | --resume | --no-cache] [--quick | --set n_cal=2 ...] [--out PATH]
        python tools/run_study.py --fresh 13_study 23_hessian_study 34_ds_study     # make studies
+       python tools/run_study.py 36_lowbit_study --resume --rows "run_row(2, 'gptq', True, 'alg1'); run_row(3, 'awq', False, 'alg2')"
 """
 from __future__ import annotations
 import argparse, datetime, hashlib, json, sys, tempfile, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from execute_notebooks import ROOT, execute, nbdev_clean  # noqa: E402
+from execute_notebooks import ROOT, ENV, directives, execute, nbdev_clean  # noqa: E402
+
+ROWS_HEADING = '## Running every row'
 
 
 def study_path(name: str) -> Path:
@@ -44,6 +52,33 @@ def _study_cache(name: str) -> Path:
     return cache_root()/'studies'/name
 
 
+def definition_cells(path: Path) -> list[str]:
+    "Sources of the study's code cells before its `## Running every row` heading (cells marked `#| eval: false` left out)."
+    import nbformat
+    cells = []
+    for c in nbformat.read(path, as_version=4).cells:
+        if c.cell_type == 'markdown' and c.source.lstrip().startswith(ROWS_HEADING): return cells
+        if c.cell_type == 'code' and directives(c.source).get('eval') != 'false': cells.append(c.source)
+    raise SystemExit(f"run_study: {path.stem} has no '{ROWS_HEADING}' heading; --rows runs the cells that define its rows, "
+                     "which come before it")
+
+
+def run_rows(path: Path, code: str, mode: str, config: str) -> dict:
+    "Execute the study's definition cells, then `code` (row calls: `run_row(...); run_row(...)`); returns the namespace."
+    import os
+    if not code.strip(): raise SystemExit('run_study: --rows got no code')
+    cells = definition_cells(path)
+    os.environ.update(ENV, SENSQ_STUDY_MODE=mode, SENSQ_STUDY_CONFIG=config, MPLBACKEND='Agg')
+    os.chdir(path.parent)  # where the notebook's kernel runs
+    from IPython.display import display
+    ns = {'__name__': '__main__', 'display': display}
+    for i, src in enumerate(cells): exec(compile(src, f'<{path.stem}: definition cell {i}>', 'exec'), ns)
+    exec(compile(code, '<--rows>', 'exec'), ns)
+    study = ns.get('STUDY')
+    if study is not None and hasattr(study, 'summary'): print(study.summary(), flush=True)
+    return ns
+
+
 def _value(s: str):
     try: return json.loads(s)
     except ValueError: return s
@@ -62,8 +97,15 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, help='where to write the executed notebook (default: in place for the reference '
                                             'configuration, a temporary folder otherwise)')
     ap.add_argument('--timeout', type=int, default=None, help='seconds per cell (default: none)')
+    ap.add_argument('--rows', metavar='CODE', help="compute only these rows (Python: row calls such as "
+                    "\"run_row(2, 'gptq', True, 'alg1'); run_row(...)\") after the study's definition cells, in this process; "
+                    "no notebook is written")
     a = ap.parse_args(argv)
     if a.quick and a.set: ap.error('--quick and --set are exclusive')
+    if a.rows is not None:
+        if len(a.studies) != 1: ap.error('--rows takes one study')
+        if a.fresh or a.no_cache: ap.error('--rows adds rows to a run (the default cache or --resume); start a run with --fresh first')
+        if a.out: ap.error('--rows writes no notebook (--out)')
     over = {}
     for kv in a.set:
         if '=' not in kv: ap.error(f'--set wants KEY=VALUE, got {kv!r}')
@@ -81,6 +123,9 @@ def main(argv=None):
         elif a.resume:
             if not marker.is_file(): raise SystemExit(f'run_study: {p.stem}: no --fresh run to resume ({marker} missing)')
             mode = 'since:' + marker.read_text().strip()
+        if a.rows is not None:
+            print(f'run_study: {p.stem}: configuration {config}, cache {mode}, rows only', flush=True)
+            run_rows(p, a.rows, mode, config); return
         out = a.out or (p if config == 'reference' else Path(tempfile.mkdtemp(prefix='sensq-study-'))/f'{p.stem}.{"quick" if a.quick else "custom"}.ipynb')
         print(f'run_study: {p.stem}: configuration {config}, cache {mode} -> {out}', flush=True)
         t = time.perf_counter()

@@ -1,0 +1,53 @@
+"""tools/run_study.py: finding a study, adding rows from a second process (`--rows`), and the full run replaying them."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TOOL = REPO/'tools'/'run_study.py'
+
+
+def _run(*args, cache, timeout=900):
+    env = dict(os.environ, SENSQ_CACHE=str(cache), OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, str(TOOL), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('args, msg', [
+    (['36_lowbit_study', '--fresh', '--rows', 'x'], 'start a run with --fresh first'),
+    (['36_lowbit_study', '--no-cache', '--rows', 'x'], 'start a run with --fresh first'),
+    (['36_lowbit_study', '34_ds_study', '--rows', 'x'], '--rows takes one study'),
+    (['36_lowbit_study', '--rows', 'x', '--out', '/tmp/x.ipynb'], 'writes no notebook'),
+    (['13_study', '--rows', 'x'], "13_study has no '## Running every row' heading"),
+    (['36_lowbit_study', '--rows', '  '], '--rows got no code'),
+    (['99_nothing'], 'no single study notebook'),
+])
+def test_bad_arguments(tmp_path, args, msg):
+    r = _run(*args, cache=tmp_path)
+    assert r.returncode != 0 and msg in r.stderr + r.stdout, r.stderr
+    assert not (tmp_path/'studies').exists() or not any((tmp_path/'studies').rglob('*.pt')), 'nothing computed'
+
+
+def _summary(nb_path):
+    cells = json.loads(Path(nb_path).read_text())['cells']
+    texts = [''.join(o.get('text', '')) for c in cells if c['cell_type'] == 'code' for o in c.get('outputs', [])]
+    return [line for t in texts for line in t.splitlines() if line.startswith('study 36_lowbit_study')]
+
+
+def test_rows_land_under_the_keys_of_the_full_run(tmp_path):
+    "Rows computed by `--rows` (a plain Python process) are replayed by the notebook's own run (a Jupyter kernel)."
+    cache = tmp_path/'cache'
+    r = _run('36_lowbit_study', '--quick', '--rows', "run_row(2, 'rtn', False, 'none')", cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'w2-rtn-plain-none' in r.stdout and '2 rows computed, none replayed' in r.stdout      # fp32 and the row
+    rows = sorted(p.name for p in (cache/'studies'/'36_lowbit_study').glob('*.pt'))
+    assert len(rows) == 2
+    r = _run('36_lowbit_study', '--quick', '--rows', "run_row(2, 'rtn', False, 'none')", cache=cache)
+    assert r.returncode == 0 and '0 rows computed, 2 replayed' in r.stdout, r.stdout[-2000:]
+    assert sorted(p.name for p in (cache/'studies'/'36_lowbit_study').glob('*.pt')) == rows, 'a replay writes nothing'
+    out, committed = tmp_path/'q.ipynb', (REPO/'nbs'/'36_lowbit_study.ipynb').read_bytes()
+    r = _run('36_lowbit_study', '--quick', '--out', str(out), cache=cache)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summ = _summary(out)
+    assert summ and ', 2 replayed from the cache' in summ[-1], summ     # the kernel saw $SENSQ_CACHE and the same keys
+    assert (REPO/'nbs'/'36_lowbit_study.ipynb').read_bytes() == committed, 'a reduced configuration never writes the committed page'
