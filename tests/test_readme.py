@@ -44,3 +44,13 @@ def test_readme_example_prints_the_readme_numbers(tmp_path):
     for g in (3, 4):
         assert abs(float(got.group(g)) - float(want.group(g))) <= 2e-5, (got.groups(), want.groups())
     assert float(got.group(4)) != float(got.group(3))            # quantization changed the loss
+
+
+def test_every_notebook_in_the_table():
+    "The README's notebook table names every notebook in nbs/ (a new chapter is listed where a reader looks first)."
+    sec = (ROOT/'README.md').read_text().split('## The notebooks', 1)[1].split('\n## ', 1)[0]
+    named = set(re.findall(r"`(\w+)`", sec))
+    range_ = re.findall(r"`(\w+)` … `(\w+)`", sec)                        # `30_dense_sparse` … `34_ds_study`
+    nbs = sorted(p.stem for p in (ROOT/'nbs').glob('*.ipynb') if p.stem != 'index' and not p.stem.startswith(('_', '.')))
+    covered = lambda n: n in named or any(a <= n <= b for a, b in range_)
+    assert [n for n in nbs if not covered(n)] == []
