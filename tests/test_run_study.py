@@ -1,4 +1,5 @@
-"""tools/run_study.py: finding a study, adding rows from a second process (`--rows`), and the full run replaying them."""
+"""tools/run_study.py: finding a study, adding rows from a second process (`--rows`), listing the cache (`--status`),
+and the full run replaying the rows."""
 import json, os, subprocess, sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def _run(*args, cache, timeout=900):
     (['13_study', '--rows', 'x'], "13_study has no '## Running every row' heading"),
     (['36_lowbit_study', '--rows', '  '], '--rows got no code'),
     (['99_nothing'], 'no single study notebook'),
+    (['36_lowbit_study', '--status', '--rows', 'x'], '--status runs nothing'),
 ])
 def test_bad_arguments(tmp_path, args, msg):
     r = _run(*args, cache=tmp_path)
@@ -45,6 +47,11 @@ def test_rows_land_under_the_keys_of_the_full_run(tmp_path):
     r = _run('36_lowbit_study', '--quick', '--rows', "run_row(2, 'rtn', False, 'none')", cache=cache)
     assert r.returncode == 0 and '0 rows computed, 2 replayed' in r.stdout, r.stdout[-2000:]
     assert sorted(p.name for p in (cache/'studies'/'36_lowbit_study').glob('*.pt')) == rows, 'a replay writes nothing'
+    r = _run('36_lowbit_study', '--quick', '--status', cache=cache)                        # lists them, runs nothing
+    assert r.returncode == 0 and '2 cached rows, 2 current' in r.stdout, r.stdout + r.stderr
+    assert sorted(l.split()[-1] for l in r.stdout.splitlines()[1:3]) == ['fp32', 'w2-rtn-plain-none']
+    r = _run('36_lowbit_study', '--quick', '--resume', '--status', cache=cache)
+    assert r.returncode != 0 and 'no --fresh run to resume' in r.stderr + r.stdout
     out, committed = tmp_path/'q.ipynb', (REPO/'nbs'/'36_lowbit_study.ipynb').read_bytes()
     r = _run('36_lowbit_study', '--quick', '--out', str(out), cache=cache)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -19,8 +19,14 @@ study's code cells that come before its `## Running every row` heading (setup, c
 same definitions, so every row lands in the cache under the key the full run gives it) in this Python process, then
 the given code (row calls), and writes no notebook. The full run (`--resume`) then replays those rows.
 
+`--status` lists the rows in a study's cache without running anything: when each was computed, in how many seconds,
+and whether the current code (the import closure the row hashed) and package versions would replay it; with
+`--resume`, also whether it was computed since the last `--fresh` run started. (The setup — model weights, calibration,
+configuration — is part of each key too; it is checked when the study runs.)
+
 Usage: python tools/run_study.py 23_hessian_study [--fresh | --resume | --no-cache] [--quick | --set n_cal=2 ...] [--out PATH]
        python tools/run_study.py --fresh 13_study 23_hessian_study 34_ds_study     # make studies
+       python tools/run_study.py 36_lowbit_study --resume --status
        python tools/run_study.py 36_lowbit_study --resume --rows "run_row(2, 'gptq', True, 'alg1'); run_row(3, 'awq', False, 'alg2')"
 """
 from __future__ import annotations
@@ -79,6 +85,37 @@ def run_rows(path: Path, code: str, mode: str, config: str) -> dict:
     return ns
 
 
+def cache_status(name: str, since: str | None = None) -> list[dict]:
+    "Every row cached for study `name`, oldest first: row, computed_at, seconds, state ('current', 'older code', ...)."
+    import datetime as dt, torch
+    from sensq.study import code_fingerprint, env_versions
+    env, fps, out = env_versions(), {}, []
+    t0 = dt.datetime.fromisoformat(since) if since else None
+    for f in _study_cache(name).glob('*.pt'):
+        try: rec = torch.load(f, weights_only=False)
+        except Exception as e:
+            out.append(dict(row=f.name, computed_at='', seconds=0.0, state=f'unreadable ({type(e).__name__})', setup='')); continue
+        parts = rec.get('parts', {}) if isinstance(rec, dict) else {}
+        code = parts.get('code') or {}
+        k = tuple(sorted(code))
+        if k not in fps: fps[k] = code_fingerprint(list(k)) if k else {}
+        state = ('older code' if fps[k] != code else 'other versions' if parts.get('env') != env
+                 else 'before the run' if t0 and dt.datetime.fromisoformat(rec['computed_at']) < t0 else 'current')
+        out.append(dict(row=parts.get('row', f.name), computed_at=rec.get('computed_at', ''), seconds=float(rec.get('seconds', 0)),
+                        state=state, setup=str(parts.get('setup', ''))[:8]))
+    return sorted(out, key=lambda r: r['computed_at'])
+
+
+def print_status(name: str, since: str | None = None):
+    rows = cache_status(name, since)
+    print(f"{'computed at':26s} {'minutes':>11s}  {'state':15s} {'setup':8s} row   (setup: model, calibration and configuration; "
+          "one per configuration run)")
+    for r in rows: print(f"{r['computed_at']:26s} {r['seconds'] / 60:7.1f} min  {r['state']:15s} {r['setup']:8s} {r['row']}")
+    cur = [r for r in rows if r['state'] == 'current']
+    print(f"run_study: {name}: {len(rows)} cached rows, {len(cur)} current ({sum(r['seconds'] for r in cur) / 3600:.1f} h of "
+          f"computing){' since the run started ' + since if since else ''}")
+
+
 def _value(s: str):
     try: return json.loads(s)
     except ValueError: return s
@@ -97,11 +134,13 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, help='where to write the executed notebook (default: in place for the reference '
                                             'configuration, a temporary folder otherwise)')
     ap.add_argument('--timeout', type=int, default=None, help='seconds per cell (default: none)')
+    ap.add_argument('--status', action='store_true', help="list the study's cached rows and whether this code replays them; runs nothing")
     ap.add_argument('--rows', metavar='CODE', help="compute only these rows (Python: row calls such as "
                     "\"run_row(2, 'gptq', True, 'alg1'); run_row(...)\") after the study's definition cells, in this process; "
                     "no notebook is written")
     a = ap.parse_args(argv)
     if a.quick and a.set: ap.error('--quick and --set are exclusive')
+    if a.status and (a.rows is not None or a.fresh or a.no_cache or a.out): ap.error('--status runs nothing: it takes --resume and --quick/--set only')
     if a.rows is not None:
         if len(a.studies) != 1: ap.error('--rows takes one study')
         if a.fresh or a.no_cache: ap.error('--rows adds rows to a run (the default cache or --resume); start a run with --fresh first')
@@ -123,6 +162,8 @@ def main(argv=None):
         elif a.resume:
             if not marker.is_file(): raise SystemExit(f'run_study: {p.stem}: no --fresh run to resume ({marker} missing)')
             mode = 'since:' + marker.read_text().strip()
+        if a.status:
+            print_status(p.stem, mode[6:] if mode.startswith('since:') else None); continue
         if a.rows is not None:
             print(f'run_study: {p.stem}: configuration {config}, cache {mode}, rows only', flush=True)
             run_rows(p, a.rows, mode, config); return
