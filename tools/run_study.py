@@ -112,8 +112,12 @@ def print_status(name: str, since: str | None = None):
           "one per configuration run)")
     for r in rows: print(f"{r['computed_at']:26s} {r['seconds'] / 60:7.1f} min  {r['state']:15s} {r['setup']:8s} {r['row']}")
     cur = [r for r in rows if r['state'] == 'current']
-    print(f"run_study: {name}: {len(rows)} cached rows, {len(cur)} current ({sum(r['seconds'] for r in cur) / 3600:.1f} h of "
-          f"computing){' since the run started ' + since if since else ''}")
+    by_setup = {}
+    for r in cur: by_setup.setdefault(r['setup'], []).append(r)
+    print(f"run_study: {name}: {len(rows)} cached rows, {len(cur)} current"
+          + (' (' + '; '.join(f"setup {k}: {len(v)} rows, {sum(r['seconds'] for r in v) / 3600:.1f} h of computing"
+                              for k, v in by_setup.items()) + ')' if cur else '')
+          + (f" since the run started {since}" if since else ''))
 
 
 def _value(s: str):
