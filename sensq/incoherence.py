@@ -67,7 +67,7 @@ def random_signs(seed:int, # seed of the sign vector, 0 <= seed < 2**64
                  n:int, # length
                  device=None, # where the result goes (always computed on the CPU, identically everywhere)
                 )->Tensor: # (n,) float32 of ±1
-    "Signs $s_i = 1 - 2\,\mathrm{bit}_{63}(z_i)$ from the outputs $z_1, z_2, \dots$ of SplitMix64 started at `seed`."
+    r"Signs $s_i = 1 - 2\,\mathrm{bit}_{63}(z_i)$ from the outputs $z_1, z_2, \dots$ of SplitMix64 started at `seed`."
     return _signs_cpu(_check_seed(seed), int(n)).to(device)
 
 # %% ../nbs/24_incoherence.ipynb #01ef93ef
