@@ -154,10 +154,10 @@ MODES = ('reuse', 'fresh', 'off')
 _logger = logging.getLogger(__name__)
 
 def env_versions() -> dict:
-    "Versions that change numerics: Python, torch, transformers, numpy."
+    "Versions that change numerics: Python, torch, transformers, numpy, and the CPU kernels torch dispatches to."
     import numpy, transformers
     return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-                numpy=numpy.__version__)
+                numpy=numpy.__version__, cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 class Study:
     "A study's rows, each cached under a hash of its code and its full configuration."

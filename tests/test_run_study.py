@@ -58,3 +58,20 @@ def test_rows_land_under_the_keys_of_the_full_run(tmp_path):
     summ = _summary(out)
     assert summ and ', 2 replayed from the cache' in summ[-1], summ     # the kernel saw $SENSQ_CACHE and the same keys
     assert (REPO/'nbs'/'36_lowbit_study.ipynb').read_bytes() == committed, 'a reduced configuration never writes the committed page'
+
+
+def test_studies_run_with_avx2_kernels():
+    "A study computes with the AVX2 kernels on any x86-64 CPU (AVX-512 ones round differently), unless told otherwise."
+    import platform
+    if platform.machine().lower() not in ('x86_64', 'amd64'): pytest.skip('the pin applies to x86-64 only')
+    code = ("import runpy, sys; sys.argv = ['run_study']; runpy.run_path(%r, run_name='x'); "
+            "import torch; print(torch.backends.cpu.get_cpu_capability())") % str(TOOL)
+    env = {k: v for k, v in os.environ.items() if k != 'ATEN_CPU_CAPABILITY'}
+    got = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split()[-1] in ('AVX2', 'DEFAULT'), got.stdout   # DEFAULT: a CPU without AVX2
+    env['ATEN_CPU_CAPABILITY'] = 'default'                                 # an explicit choice is kept
+    got = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert got.stdout.split()[-1] == 'DEFAULT', got.stdout + got.stderr
+    from sensq.study import env_versions
+    assert env_versions()['cpu_capability'] == __import__('torch').backends.cpu.get_cpu_capability()

@@ -24,14 +24,23 @@ and whether the current code (the import closure the row hashed) and package ver
 `--resume`, also whether it was computed since the last `--fresh` run started. (The setup — model weights, calibration,
 configuration — is part of each key too; it is checked when the study runs.)
 
+Every study runs with PyTorch's AVX2 CPU kernels on x86-64 (`ATEN_CPU_CAPABILITY=avx2` unless it is set): the same
+code rounds differently with the AVX-512 kernels, enough to move a broken 2-bit model's perplexity by tens of percent,
+so the committed outputs are re-computed the same on AVX2 and AVX-512 machines. The row cache records the capability
+(`sensq.study.env_versions`). A study of many hours can keep its cache in the repository: `SENSQ_CACHE=study_cache`
+(the folder git tracks `studies/` of), so that rows computed in one session are replayed on another machine.
+
 Usage: python tools/run_study.py 23_hessian_study [--fresh | --resume | --no-cache] [--quick | --set n_cal=2 ...] [--out PATH]
        python tools/run_study.py --fresh 13_study 23_hessian_study 34_ds_study     # make studies
        python tools/run_study.py 36_lowbit_study --resume --status
        python tools/run_study.py 36_lowbit_study --resume --rows "run_row(2, 'gptq', True, 'alg1'); run_row(3, 'awq', False, 'alg2')"
 """
 from __future__ import annotations
-import argparse, datetime, hashlib, json, sys, tempfile, time
+import argparse, datetime, hashlib, json, os, platform, sys, tempfile, time
 from pathlib import Path
+
+if platform.machine().lower() in ('x86_64', 'amd64'):   # before anything imports torch (--rows runs the study in this process)
+    os.environ.setdefault('ATEN_CPU_CAPABILITY', 'avx2')
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from execute_notebooks import ROOT, ENV, directives, execute, nbdev_clean  # noqa: E402
@@ -71,7 +80,6 @@ def definition_cells(path: Path) -> list[str]:
 
 def run_rows(path: Path, code: str, mode: str, config: str) -> dict:
     "Execute the study's definition cells, then `code` (row calls: `run_row(...); run_row(...)`); returns the namespace."
-    import os
     if not code.strip(): raise SystemExit('run_study: --rows got no code')
     cells = definition_cells(path)
     os.environ.update(ENV, SENSQ_STUDY_MODE=mode, SENSQ_STUDY_CONFIG=config, MPLBACKEND='Agg')
