@@ -41,6 +41,8 @@ docs-offline: venv
 # re-create the studies' committed outputs from the commit alone: every row recomputed (hours on 2 cores; each
 # study prints its step times). One study: make studies STUDIES=23_hessian_study; a cheap end-to-end check of one:
 # $(PY) tools/run_study.py 23_hessian_study --quick
+# 36_lowbit_study (~30 core-hours) keeps its row cache in git so it can span sessions and machines:
+# SENSQ_CACHE=study_cache $(PY) tools/run_study.py --resume 36_lowbit_study   (then commit study_cache/)
 STUDIES ?= 13_study 23_hessian_study 34_ds_study
 studies: venv
 	$(PY) tools/run_study.py --fresh $(STUDIES)
