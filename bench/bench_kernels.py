@@ -6,9 +6,13 @@ Llama-3.2-1B (2048x2048, 8192x2048, 2048x8192, 512x2048) weights at batch 1 and 
 tensors + x + output) and their ratio to the copy bandwidth, the speed-up over `torch.matmul` in fp16 (cuBLAS) and over
 `torch._weight_int4pack_mm` (tinygemm, bf16, groups of 128); 4/3/2 bits on the integer-zero grid, the symmetric and
 min–max grids at 4 bits, 4/3-bit codebooks; the sparse part's overhead at 0.5% and 1% density, fused and separate
-(the separate path timed as one call, which includes any host gap between its two launches, and its CSR kernel alone);
+(the separate path's two launches, and its CSR kernel alone);
 end to end, `generate()` tokens/s of a random Llama-3.2-1B-shaped model packed at 4 bits against fp16 (batch 1), and
-the same decode step replayed as a CUDA graph. Every kernel result is checked against the fp32 spec first.
+the same decode step replayed as a CUDA graph, and the same model with every layer incoherence-processed (its two
+online Hadamard transforms per layer, `sensq.quantlinear.LayerKernels`); per layer, `QuantLinear` at 4 bits with and
+without the transform and the input transform alone. Every kernel result is checked against the fp32 spec first.
+Kernel times are GPU times (`Timer.gpu`: calls replayed from a CUDA graph, L2 cleared before each) with the time a
+Python caller waits per call beside them (`do_bench`), which is host-bound for microsecond kernels.
 
 Usage: python bench/bench_kernels.py [--quick] [--json PATH] [--dry-run]
 Without CUDA it prints one line and exits 0. --dry-run runs every code path on tiny shapes in Triton's interpreter,
@@ -29,14 +33,54 @@ VARIANTS = [  # (name, bits, grid, group size)
 
 
 class Timer:
-    "Median time of a call in seconds (do_bench), or a single untimed call (nan) in a dry run."
+    """Two times of a call in seconds, or a single untimed call (nan) in a dry run.
+
+    `timer(fn)`: the median of `triton.testing.do_bench` (L2 cleared before each call) — the time a Python caller waits
+    per call, host launch overhead included whenever the host is slower than the kernel.
+    `timer.gpu(fn)`: the GPU time alone — n calls captured in one CUDA graph, each after a 256 MB L2-clearing write, minus
+    a graph of the writes alone, divided by n (median of several replays): what the kernel costs inside a decode step
+    that is itself replayed from a graph."""
     def __init__(self, dry, quick):
         self.dry, self.warmup, self.rep = dry, (5 if quick else 25), (25 if quick else 100)
+        self.replays, self.flush = (5 if quick else 11), None
     def __call__(self, fn):
         if self.dry:
             fn(); return float('nan')
         from triton.testing import do_bench
         return do_bench(fn, warmup=self.warmup, rep=self.rep, return_mode='median') * 1e-3
+    def gpu(self, fn, n=20):
+        if self.dry:
+            fn(); return float('nan')
+        try: return self._gpu(fn, n)
+        except Exception as e:                                   # a call that cannot be captured: say so once, time the rest
+            if not getattr(self, 'gpu_error', None):
+                self.gpu_error = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                print(f"  Timer.gpu failed ({self.gpu_error}); its GPU times are nan", flush=True)
+            torch.cuda.synchronize()
+            return float('nan')
+    def _gpu(self, fn, n):
+        if self.flush is None: self.flush = torch.empty(64 << 20, dtype=torch.int32, device='cuda')   # 256 MB > L2
+        s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):                               # warm up on a side stream, as capture requires
+            for _ in range(2): fn(); self.flush.zero_()
+        torch.cuda.current_stream().wait_stream(s)
+        def capture(with_fn):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(n):
+                    self.flush.zero_()
+                    if with_fn: fn()
+            return g
+        def median_replay(g):
+            ts = []
+            for _ in range(self.replays):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record(); g.replay(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
+            return sorted(ts)[len(ts) // 2] * 1e-3
+        g1, g0 = capture(True), capture(False)
+        t = (median_replay(g1) - median_replay(g0)) / n
+        del g1, g0
+        return t
 
 
 def copy_bandwidth(timer, dev, nbytes):
@@ -78,7 +122,9 @@ def kernel_rows(args, timer, dev, copy_bw, shapes, batches):
     dt = torch.float16
     for N, K in shapes:
         Wh = torch.randn(N, K, device=dev, dtype=dt, generator=gen) * 0.02
-        fp16_t = {M: timer(lambda x=torch.randn(M, K, device=dev, dtype=dt, generator=gen): x @ Wh.T) for M in batches}
+        xs = {M: torch.randn(M, K, device=dev, dtype=dt, generator=gen) for M in batches}
+        fp16_t = {M: timer(lambda x=xs[M]: x @ Wh.T) for M in batches}
+        fp16_g = {M: timer.gpu(lambda x=xs[M]: x @ Wh.T) for M in batches}
         tg = {}
         for name, bits, grid, gs in (VARIANTS[:1] + [v for v in VARIANTS[1:] if not args.quick or v[0] in ('w3 asym g128', 'w2 asym g128', 'w4 codebook')]):
             pw = random_packed(N, K, bits, grid, gs, device=dev, generator=gen)
@@ -89,26 +135,27 @@ def kernel_rows(args, timer, dev, copy_bw, shapes, batches):
                 x = torch.randn(M, K, device=dev, dtype=dt, generator=gen)
                 y = packed_linear(x, kw)
                 err = rel_err(y, packed_linear_reference(x, pw))
-                t = timer(lambda: packed_linear(x, kw))
+                t, tgpu = timer(lambda: packed_linear(x, kw)), timer.gpu(lambda: packed_linear(x, kw))
                 nbytes = kw.nbytes() + x.numel() * 2 + M * N * 2
-                row = dict(shape=f"{N}x{K}", batch=M, variant=name, bits_per_w=round(8 * kw.nbytes() / (N * K), 3), us=t * 1e6,
-                           TBps=nbytes / t / 1e12, copy_ratio=nbytes / t / copy_bw, vs_cublas=fp16_t[M] / t, rel_err=err)
+                row = dict(shape=f"{N}x{K}", batch=M, variant=name, bits_per_w=round(8 * kw.nbytes() / (N * K), 3), gpu_us=tgpu * 1e6,
+                           TBps=nbytes / tgpu / 1e12, copy_ratio=nbytes / tgpu / copy_bw, vs_cublas=fp16_g[M] / tgpu,
+                           call_us=t * 1e6, vs_cublas_call=fp16_t[M] / t, rel_err=err)
                 if name == 'w4 asym g128':
                     if tgw is not None:
                         xb = x.to(torch.bfloat16)
                         try:
                             ytg = torch._weight_int4pack_mm(xb, tgw[0], 128, tgw[1])
                             row['tinygemm_rel_err'] = rel_err(ytg, packed_linear_reference(xb, pw))
-                            tg[M] = timer(lambda: torch._weight_int4pack_mm(xb, tgw[0], 128, tgw[1]))
-                            row['tinygemm_us'], row['vs_tinygemm'] = tg[M] * 1e6, tg[M] / t
+                            tg[M] = timer.gpu(lambda: torch._weight_int4pack_mm(xb, tgw[0], 128, tgw[1]))
+                            row['tinygemm_gpu_us'], row['vs_tinygemm'] = tg[M] * 1e6, tg[M] / tgpu
                         except Exception as e:
                             row['note'] = f"tinygemm skipped: {str(e).splitlines()[0][:100]}"
                     else:
                         row['note'] = f"tinygemm skipped: {tg_note}"
-                row['cublas_fp16_us'] = fp16_t[M] * 1e6
+                row['cublas_fp16_gpu_us'], row['cublas_fp16_call_us'] = fp16_g[M] * 1e6, fp16_t[M] * 1e6
                 rows.append(row)
-                print(f"  {row['shape']:>11} b{M:<2} {name:<15} {row['us']:8.1f} us {row['TBps']:6.2f} TB/s "
-                      f"{row['copy_ratio']:5.2f} of copy  x{row['vs_cublas']:.2f} cuBLAS  err {err:.1e}", flush=True)
+                print(f"  {row['shape']:>11} b{M:<2} {name:<15} GPU {row['gpu_us']:7.1f} us {row['TBps']:6.2f} TB/s "
+                      f"{row['copy_ratio']:5.2f} of copy  x{row['vs_cublas']:.2f} cuBLAS; per call {row['call_us']:6.1f} us  err {err:.1e}", flush=True)
             del pw, kw
     return rows
 
@@ -122,7 +169,7 @@ def sparse_rows(args, timer, dev, shapes, batches):
         for M in batches:
             x = torch.randn(M, K, device=dev, dtype=torch.float16, generator=gen)
             kwd = kernel_weight(base)
-            t_dense[M] = timer(lambda: packed_linear(x, kwd))
+            t_dense[M] = timer.gpu(lambda: packed_linear(x, kwd))
         for density in ((0.005,) if args.quick else (0.005, 0.01)):
             pw = random_packed(N, K, 4, 'asym', 128, density=density, device=dev, generator=gen)
             kw = kernel_weight(pw)
@@ -130,18 +177,45 @@ def sparse_rows(args, timer, dev, shapes, batches):
                 x = torch.randn(M, K, device=dev, dtype=torch.float16, generator=gen)
                 ref = packed_linear_reference(x, pw)
                 y = packed_linear(x, kw)
-                t_csr = timer(lambda: _launch_sparse(x, kw, y))      # the second launch alone (adds into y again: timing only)
+                t_csr = timer.gpu(lambda: _launch_sparse(x, kw, y))  # the second launch alone (adds into y again: timing only)
                 for mode in ('fused', 'separate'):
                     err = rel_err(packed_linear(x, kw, sparse=mode), ref)
-                    t = timer(lambda: packed_linear(x, kw, sparse=mode))
-                    row = dict(shape=f"{N}x{K}", batch=M, density=density, nnz=kw.nnz, mode=mode, us=t * 1e6, dense_us=t_dense[M] * 1e6,
+                    t = timer.gpu(lambda: packed_linear(x, kw, sparse=mode))
+                    row = dict(shape=f"{N}x{K}", batch=M, density=density, nnz=kw.nnz, mode=mode, gpu_us=t * 1e6, dense_gpu_us=t_dense[M] * 1e6,
                                overhead=t / t_dense[M] - 1, rel_err=err)
                     if mode == 'separate':   # GPU time of the two launches without the host gap between them
-                        row['csr_kernel_us'] = t_csr * 1e6
+                        row['csr_kernel_gpu_us'] = t_csr * 1e6
                         row['overhead_gpu_only'] = t_csr / t_dense[M]
                     rows.append(row)
-                    print(f"  {row['shape']:>11} b{M:<2} sparse {density:.3f} {mode:<8} {row['us']:8.1f} us "
-                          f"(dense {row['dense_us']:.1f}) overhead {row['overhead']:+.1%}  err {err:.1e}", flush=True)
+                    print(f"  {row['shape']:>11} b{M:<2} sparse {density:.3f} {mode:<8} GPU {row['gpu_us']:8.1f} us "
+                          f"(dense {row['dense_gpu_us']:.1f}) overhead {row['overhead']:+.1%}  err {err:.1e}", flush=True)
+    return rows
+
+
+def incoherent_rows(args, timer, dev, copy_bw, shapes, batches):
+    "QuantLinear at 4 bits (w4 asym g128) without and with an incoherence transform: what the two online transforms cost."
+    from sensq.kernels import random_packed
+    from sensq.pack import PackedWeight
+    from sensq.quantlinear import QuantLinear, triton_forward
+    from sensq.incoherence import make_transform, hadamard_transform_triton, random_signs, incoherent_forward
+    rows, gen = [], torch.Generator(dev).manual_seed(2)
+    for N, K in shapes:
+        pw = random_packed(N, K, 4, 'asym', 128, device=dev, generator=gen)
+        pwi = PackedWeight(dict(pw.config, transform=make_transform(N, K, [N, K])['transform']), pw.tensors)
+        plain, inc = QuantLinear.from_packed(pw), QuantLinear.from_packed(pwi)
+        s = random_signs(1, K, dev)
+        for M in batches:
+            x = torch.randn(M, K, device=dev, dtype=torch.float16, generator=gen)
+            err = rel_err(triton_forward(inc, x), incoherent_forward(x.double(), pwi))   # float64 torch reference
+            t_p, t_i = timer.gpu(lambda: triton_forward(plain, x)), timer.gpu(lambda: triton_forward(inc, x))
+            t_h = timer.gpu(lambda: hadamard_transform_triton(x, True, pre=s))
+            c_p, c_i = timer(lambda: triton_forward(plain, x)), timer(lambda: triton_forward(inc, x))
+            row = dict(shape=f"{N}x{K}", batch=M, had_in=str(pwi.config['transform']['had_in']), plain_gpu_us=t_p * 1e6,
+                       incoherent_gpu_us=t_i * 1e6, overhead=t_i / t_p - 1, hadamard_in_gpu_us=t_h * 1e6,
+                       plain_call_us=c_p * 1e6, incoherent_call_us=c_i * 1e6, rel_err=err)
+            rows.append(row)
+            print(f"  {row['shape']:>11} b{M:<2} GPU w4 {row['plain_gpu_us']:7.1f} us, incoherent {row['incoherent_gpu_us']:7.1f} us "
+                  f"({row['overhead']:+.0%}), input transform {row['hadamard_in_gpu_us']:.1f} us; per call {c_p * 1e6:.1f} / {c_i * 1e6:.1f} us  err {err:.1e}", flush=True)
     return rows
 
 
@@ -150,7 +224,7 @@ class PackedLinear(torch.nn.Module):
     def __init__(self, packed, bias=None):
         super().__init__()
         from sensq.kernels import kernel_weight
-        self.kw = kernel_weight(packed)
+        self.packed, self.kw = packed, kernel_weight(packed)
         self.bias = bias
     def forward(self, x):
         from sensq.kernels import packed_linear
@@ -236,11 +310,26 @@ def e2e_rows(args, timer, dev):
     tps4, out4 = tok_per_s()
     g4, note4 = graph_tok_per_s()
     same = float((out4[:, 8:] == out16[:, 8:]).float().mean())
+    from sensq.pack import PackedWeight
+    from sensq.quantlinear import QuantLinear
+    from sensq.incoherence import make_transform
+    for i, layer in enumerate(layers):     # the same codes read as W' in a randomized Hadamard basis: two transforms per layer
+        for parent, names in ((layer.self_attn, ('q_proj', 'k_proj', 'v_proj', 'o_proj')), (layer.mlp, ('gate_proj', 'up_proj', 'down_proj'))):
+            for j, nm in enumerate(names):
+                p = getattr(parent, nm).packed
+                t = make_transform(p.config['out_features'], p.config['in_features'], [i, j])['transform']
+                setattr(parent, nm, QuantLinear.from_packed(PackedWeight(dict(p.config, transform=t), p.tensors)))
+    if dev.type == 'cuda':
+        tpsi, _ = tok_per_s()
+        gi, notei = graph_tok_per_s()
+    else: tpsi, gi, notei = float('nan'), float('nan'), None   # the torch path on a CPU: nothing to time
     rows.append(dict(model='Llama-3.2-1B shape, random', batch=1, new_tokens=new, fp16_tok_s=tps16, w4_tok_s=tps4, speedup=tps4 / tps16,
                      graph_fp16_tok_s=g16, graph_w4_tok_s=g4, graph_speedup=g4 / g16, same_tokens_frac=same,
-                     fp16_param_GB=nbytes16 / 1e9, note='; '.join(n for n in (note16, note4) if n)))
+                     incoherent_w4_tok_s=tpsi, graph_incoherent_w4_tok_s=gi,
+                     fp16_param_GB=nbytes16 / 1e9, note='; '.join(n for n in (note16, note4, notei) if n)))
     print(f"  generate(): fp16 {tps16:.1f} tok/s, w4 {tps4:.1f} tok/s (x{tps4 / tps16:.2f}); CUDA graph: fp16 {g16:.1f}, w4 {g4:.1f} "
-          f"(x{g4 / g16:.2f}); greedy tokens equal to fp16's: {same:.0%} {rows[-1]['note']}", flush=True)
+          f"(x{g4 / g16:.2f}); greedy tokens equal to fp16's: {same:.0%}; incoherent w4 {tpsi:.1f} tok/s, CUDA graph {gi:.1f} "
+          f"{rows[-1]['note']}", flush=True)
     return rows
 
 
@@ -261,7 +350,7 @@ def main():
     if args.dry_run:
         shapes, batches, sparse_shapes, copy_bw = [(32, 64), (48, 256)], [1, 3], [(40, 256)], float('nan')
     else:
-        shapes = SHAPES_8B[:2] + SHAPES_1B[:1] if args.quick else SHAPES_8B + SHAPES_1B
+        shapes = SHAPES_8B + SHAPES_1B[:2] if args.quick else SHAPES_8B + SHAPES_1B
         batches, sparse_shapes = [1, 16], SHAPES_8B[:2] if args.quick else SHAPES_8B
         copy_bw = copy_bandwidth(timer, dev, 1 << 30)
     name = torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU (Triton interpreter, dry run)'
@@ -272,26 +361,47 @@ def main():
     from sensq import kernels
     save = lambda: atomic_save_json(args.json, dict(res, seconds=time.time() - t_start,
                                                     tuned=[dict(key=str(k), plan=v) for k, v in kernels._TUNED.items()])) if args.json else None
+    from sensq.kernels import random_packed, packed_linear, kernel_weight
+    ckw = kernel_weight(random_packed(*shapes[0], 4, 'asym', 128, device=dev, generator=torch.Generator(dev).manual_seed(9)))
+    cx = torch.randn(1, shapes[0][1], device=dev, dtype=torch.float16)
+    res['canary'] = []
+    def canary(after):   # the same call timed after each section: does a section change the cost of a call?
+        c = dict(after=after, shape=f"{shapes[0][0]}x{shapes[0][1]}", call_us=timer(lambda: packed_linear(cx, ckw)) * 1e6,
+                 gpu_us=timer.gpu(lambda: packed_linear(cx, ckw)) * 1e6)
+        res['canary'].append(c)
+        print(f"  canary (w4 b1 {c['shape']}) after {after}: per call {c['call_us']:.1f} us, GPU {c['gpu_us']:.1f} us", flush=True)
+    canary('start')
     print("## dense kernels", flush=True)
-    res['kernels'] = kernel_rows(args, timer, dev, copy_bw, shapes, batches); save()
-    print("## sparse part", flush=True)
-    res['sparse'] = sparse_rows(args, timer, dev, sparse_shapes, batches); save()
+    res['kernels'] = kernel_rows(args, timer, dev, copy_bw, shapes, batches); canary('dense'); save()
     print("## end to end", flush=True)
     try: res['e2e'] = e2e_rows(args, timer, dev)
     except Exception as e:                                   # keep the kernel results when the model part fails
         res['e2e'] = [dict(note=f"end-to-end failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")]
         print(f"  {res['e2e'][0]['note']}", flush=True)
+    canary('e2e'); save()
+    print("## sparse part", flush=True)
+    res['sparse'] = sparse_rows(args, timer, dev, sparse_shapes, batches); canary('sparse'); save()
+    print("## incoherence transforms", flush=True)
+    try: res['incoherent'] = incoherent_rows(args, timer, dev, copy_bw, shapes[:3] if args.quick else SHAPES_8B + SHAPES_1B[:3] if not args.dry_run else shapes, batches)
+    except Exception as e:
+        res['incoherent'] = [dict(note=f"incoherent rows failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", rel_err=0.0)]
+        print(f"  {res['incoherent'][0]['note']}", flush=True)
     res['seconds'] = time.time() - t_start
     save()
     print()
-    print(format_table(res['kernels'], ['shape', 'batch', 'variant', 'bits_per_w', 'us', 'TBps', 'copy_ratio', 'vs_cublas', 'vs_tinygemm',
-                                        'cublas_fp16_us', 'tinygemm_us', 'rel_err', 'note']))
+    print(format_table(res['kernels'], ['shape', 'batch', 'variant', 'bits_per_w', 'gpu_us', 'TBps', 'copy_ratio', 'vs_cublas', 'vs_tinygemm',
+                                        'cublas_fp16_gpu_us', 'tinygemm_gpu_us', 'call_us', 'cublas_fp16_call_us', 'rel_err', 'note']))
     print()
-    print(format_table(res['sparse'], ['shape', 'batch', 'density', 'mode', 'us', 'dense_us', 'overhead', 'csr_kernel_us', 'overhead_gpu_only', 'rel_err']))
+    print(format_table(res['sparse'], ['shape', 'batch', 'density', 'mode', 'gpu_us', 'dense_gpu_us', 'overhead', 'csr_kernel_gpu_us', 'overhead_gpu_only', 'rel_err']))
+    print()
+    print(format_table(res['incoherent'], ['shape', 'batch', 'had_in', 'plain_gpu_us', 'incoherent_gpu_us', 'overhead', 'hadamard_in_gpu_us',
+                                           'plain_call_us', 'incoherent_call_us', 'rel_err', 'note']))
     print()
     print(format_table(res['e2e']))
+    print()
+    print(format_table(res['canary']))
     print(f"\n{res['seconds']:.0f} s")
-    bad = [r for r in res['kernels'] + res['sparse'] if not r['rel_err'] < 2e-3]
+    bad = [r for r in res['kernels'] + res['sparse'] + res['incoherent'] if not r['rel_err'] < 2e-3]
     if bad: print(f"WARNING: {len(bad)} results differ from the spec by more than 2e-3 (relative Frobenius): {bad[:3]}")
     return 1 if bad else 0
 

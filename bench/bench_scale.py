@@ -209,11 +209,14 @@ def main():
                 host=platform.node(), dry_run=a.dry_run, quick=a.quick, tf32=torch.backends.cuda.matmul.allow_tf32, seqlen=B.seqlen)
     print(f"# bench_scale — {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}, transformers {meta['transformers']}, {meta['date']}", flush=True)
     t_all = time.perf_counter()
+    from sensq.core import format_table, atomic_save_json
     def attempt(name, fn, *args):                                # one failing row does not stop the others
         if name.split('_')[0] in skip: return None
         try: return fn(*args)
         except Exception as e:
             B.add(row=name, error=f"{type(e).__name__}: {str(e)[:200]}"); B.free(); return None
+        finally:                                                 # the rows so far survive a timeout
+            if a.json: atomic_save_json(a.json, dict(meta=dict(meta, seconds=time.perf_counter() - t_all, partial=True), rows=B.rows))
     m = shaped_llama(B.shape('1b'), dtype=torch.bfloat16, device=B.dev)
     fb1 = attempt('fwd_1b', fwd_bwd, B, m, '1b', list(linear_layers(m))) or float('nan')
     attempt('pqi1b_b1', pqi_row, B, m, '1b_b1', 8, 8, 1, None, reps)
@@ -231,7 +234,6 @@ def main():
             attempt('offload_8b', gptq_offload, B, m, 16 if not a.dry_run else 4, a.offload_blocks)
         del m; B.free()
     meta['seconds'] = time.perf_counter() - t_all
-    from sensq.core import format_table, atomic_save_json
     groups = {}                                                  # one table per kind of row (rows of a kind share columns)
     for r in B.rows: groups.setdefault(r['row'].split('_')[0] + ('_offload' if 'offload' in r['row'] else ''), []).append(r)
     for rows in groups.values():

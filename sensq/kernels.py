@@ -12,7 +12,7 @@ from .pack import PackedWeight, packed_words, pack_codes, GRIDS
 
 # %% auto #0
 __all__ = ['log', 'KERNEL_BITS', 'GPU_CONFIGS', 'INTERPRETER_CONFIGS', 'packed_linear_reference', 'random_packed', 'KernelWeight',
-           'kernel_unsupported', 'kernel_weight', 'packed_linear']
+           'kernel_unsupported', 'kernel_weight', 'packed_linear', 'check_packed_linear']
 
 # %% ../nbs/41_kernels.ipynb #72b3e818
 # Without a GPU, Triton kernels run in its interpreter; the switch is read when a kernel is decorated, so set it first.
@@ -601,3 +601,35 @@ def packed_linear(x:Tensor, # (..., K) input: float16 or bfloat16 (float32 too),
     _launch_dense(x2, kw, out2, bias, p, fused)
     if kw.nnz and not fused: _launch_sparse(x2, kw, out2)
     return out
+
+# %% ../nbs/41_kernels.ipynb #89938b82
+_U = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+def check_packed_linear(pw:PackedWeight, # the packed layer (on the device to test)
+                        M:int, # rows of x
+                        cfg:dict|None=None, # force a kernel configuration (None: the launcher chooses)
+                        dtype:torch.dtype=torch.float32, # dtype of x, the bias and the output
+                        bias:bool=True, # add a random bias
+                        sparse:str='fused', # how the sparse part is added
+                        seed:int|None=None, # seed of x and the bias (None: fresh)
+                        lead:tuple=(), # leading dimensions of x
+                       )->float: # largest |error| / tolerance (<= 1)
+    "Run packed_linear on fresh random x and compare it with the float64 spec; return the largest error / tolerance."
+    seed = int.from_bytes(os.urandom(4), 'little') if seed is None else seed
+    gen = torch.Generator().manual_seed(seed)
+    N, K = pw.shape
+    dev = pw.tensors['qweight'].device
+    x = torch.randn(*lead, M, K, generator=gen).to(dev, dtype)
+    b = torch.randn(N, generator=gen).to(dev, dtype) if bias else None
+    out = torch.full((*lead, M, N), float('nan'), dtype=dtype, device=dev)
+    y = packed_linear(x, pw, b, sparse=sparse, config=cfg, out=out).double().cpu()
+    Wd = pw.dequantize(torch.float64).cpu()
+    xd = x.double().cpu()
+    ref = xd @ Wd.T + (b.double().cpu() if bias else 0)
+    mag = xd.abs() @ Wd.abs().T + (b.double().cpu().abs() if bias else 0)
+    u_out = 2.0**-7 if (_INTERPRET and dtype == torch.bfloat16) else _U[dtype]
+    dot = cfg['DOT'] if cfg else True                        # the launcher may pick the tensor cores even at batch 1
+    tol = (2 if sparse == 'separate' else 1) * u_out * ref.abs() + ((_U[dtype] if dot and dtype != torch.float32 else 0) + (K + 8) * 2.0**-24) * mag
+    ratio = float(((y - ref).abs() / tol.clamp_min(1e-30)).max())
+    assert ratio <= 1, f"packed_linear != spec: max error/tolerance {ratio:.3g} for {pw.config}, M={M}, {cfg}, {dtype}, {sparse}, seed {seed}"
+    return ratio

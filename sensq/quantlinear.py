@@ -17,8 +17,8 @@ from .quant import QuantSpec, quantize
 
 # %% auto #0
 __all__ = ['LAYOUT_TENSORS', 'QUANT_METHOD', 'unpack_fast', 'dequantize_packed', 'tensor_spec', 'layer_layout',
-           'check_layer_tensors', 'QuantLinear', 'triton_forward', 'replace_with_quant_linear', 'pack_model',
-           'quant_layers', 'unpack_model', 'model_memory', 'rss_bytes', 'SensqConfig', 'SensqHfQuantizer',
+           'check_layer_tensors', 'QuantLinear', 'LayerKernels', 'triton_forward', 'replace_with_quant_linear',
+           'pack_model', 'quant_layers', 'unpack_model', 'model_memory', 'rss_bytes', 'SensqConfig', 'SensqHfQuantizer',
            'register_with_transformers', 'safetensors_header', 'checkpoint_shards', 'validate_checkpoint_files',
            'write_packed_checkpoint', 'load_packed', 'quant_chain', 'generate_with', 'generate_text']
 
@@ -295,24 +295,62 @@ class QuantLinear(nn.Module):
                 f"group_size={c.get('group_size')}, bias={self.bias is not None}, tensors={','.join(self.tensor_names)}")
 
 # %% ../nbs/42_quantlinear.ipynb #9336e1c7
+class LayerKernels:
+    "A `QuantLinear`'s state for the Triton path on one device: the laid-out weight and, for an incoherent layer, its transform."
+    def __init__(self, module:QuantLinear, # the layer
+                 device:torch.device, # where its inputs live
+                ):
+        from sensq.kernels import kernel_weight
+        pw, t = module.packed, module.config.get('transform')
+        self.transform = t is not None
+        if not self.transform:
+            self.dense, self.sparse = kernel_weight(pw), None                  # D + S in one fused launch
+            return
+        from sensq.incoherence import check_transform, random_signs
+        check_transform(module.config)
+        c = {k: v for k, v in module.config.items() if k != 'transform'}
+        self.dense = kernel_weight(PackedWeight(c, {n: v for n, v in pw.tensors.items() if not n.startswith('sparse_')}))
+        self.sparse = kernel_weight(PackedWeight(c, pw.tensors)) if 'sparse_crow' in pw.tensors else None   # its CSR part, original basis
+        K, N = module.in_features, module.out_features
+        # signs on the device once (not per call); ones where a side has none: the launch never copies from the host
+        self.s_in, self.s_out = random_signs(t['seeds'][1], K, device), random_signs(t['seeds'][0], N, device)
+        self.ones_in, self.ones_out = torch.ones(K, device=device), torch.ones(N, device=device)
+
+    def __call__(self, x:Tensor, # (..., K) input
+                 bias:Tensor|None, # (N,) in x's dtype
+                )->Tensor: # (..., N)
+        from sensq.kernels import packed_linear, _launch_sparse
+        from sensq.incoherence import hadamard_transform_triton
+        if not self.transform: return packed_linear(x, self.dense, bias)
+        xt = hadamard_transform_triton(x, True, pre=self.s_in, post=self.ones_in)             # x V^T
+        y = hadamard_transform_triton(packed_linear(xt, self.dense), False, pre=self.ones_out, post=self.s_out)   # (x V^T W'^T) U
+        if self.sparse is not None:
+            _launch_sparse(x.reshape(-1, x.shape[-1]).contiguous(), self.sparse, y.view(-1, y.shape[-1]))   # + x S^T
+        return y if bias is None else y + bias
+
+def _kernel_support(module:QuantLinear)->str|None:
+    "Why the Triton path does not serve `module` (its dense part, without the transform it applies around it), or None."
+    from sensq.kernels import kernel_unsupported
+    c = {k: v for k, v in module.config.items() if k != 'transform'}
+    return kernel_unsupported(PackedWeight(c, module.tensors))
+
 def triton_forward(module:QuantLinear, # the layer
                    x:Tensor, # (..., in_features) input on a CUDA device
                   )->Tensor|None: # $x\hat W^\top + b$, or None where the kernels do not serve the layer or input
-    "`QuantLinear.kernel`: the fused Triton kernel (`sensq.kernels.packed_linear`), the layer checked and laid out once per device."
+    "`QuantLinear.kernel`: the fused Triton kernel (`sensq.kernels.packed_linear`), with the Hadamard kernels around it for an incoherent layer; laid out once per device."
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32): return None
     cache = module.__dict__.setdefault('_kernel_cache', {})
     key = (x.device, module.tensors['qweight'].data_ptr())
     if key not in cache:
-        from sensq.kernels import kernel_unsupported, kernel_weight
-        why = kernel_unsupported(module.packed)
+        why = _kernel_support(module)
         if why: _logger.info("%s: torch path (%s)", module.extra_repr().split(',')[0], why)
-        cache.clear(); cache[key] = None if why else kernel_weight(module.packed)
-    kw = cache[key]
-    if kw is None: return None
-    from sensq.kernels import packed_linear
-    return packed_linear(x, kw, None if module.bias is None else module.bias.to(x.dtype))
+        cache.clear(); cache[key] = None if why else LayerKernels(module, x.device)
+    kernels = cache[key]
+    if kernels is None: return None
+    return kernels(x, None if module.bias is None else module.bias.to(x.dtype))
 
 QuantLinear.kernel = triton_forward
+
 
 # %% ../nbs/42_quantlinear.ipynb #1b798587
 def _set_module(model:nn.Module, name:str, module:nn.Module):
