@@ -16,11 +16,12 @@ from .pack import FORMAT_VERSION, GRIDS, PackedWeight, column_groups, pack_codes
 from .quant import QuantSpec, quantize
 
 # %% auto #0
-__all__ = ['LAYOUT_TENSORS', 'QUANT_METHOD', 'unpack_fast', 'dequantize_packed', 'tensor_spec', 'layer_layout',
-           'check_layer_tensors', 'QuantLinear', 'LayerKernels', 'triton_forward', 'replace_with_quant_linear',
-           'pack_model', 'quant_layers', 'unpack_model', 'model_memory', 'rss_bytes', 'SensqConfig', 'SensqHfQuantizer',
-           'register_with_transformers', 'safetensors_header', 'checkpoint_shards', 'validate_checkpoint_files',
-           'write_packed_checkpoint', 'load_packed', 'quant_chain', 'generate_with', 'generate_text']
+__all__ = ['LAYOUT_TENSORS', 'MAX_KERNEL_HADAMARD_FACTOR', 'QUANT_METHOD', 'unpack_fast', 'dequantize_packed', 'tensor_spec',
+           'layer_layout', 'check_layer_tensors', 'QuantLinear', 'LayerKernels', 'triton_forward',
+           'replace_with_quant_linear', 'pack_model', 'quant_layers', 'unpack_model', 'model_memory', 'rss_bytes',
+           'SensqConfig', 'SensqHfQuantizer', 'register_with_transformers', 'safetensors_header', 'checkpoint_shards',
+           'validate_checkpoint_files', 'write_packed_checkpoint', 'load_packed', 'quant_chain', 'generate_with',
+           'generate_text']
 
 # %% ../nbs/42_quantlinear.ipynb #9b833601
 _logger = logging.getLogger(__name__)
@@ -295,6 +296,8 @@ class QuantLinear(nn.Module):
                 f"group_size={c.get('group_size')}, bias={self.bias is not None}, tensors={','.join(self.tensor_names)}")
 
 # %% ../nbs/42_quantlinear.ipynb #9336e1c7
+MAX_KERNEL_HADAMARD_FACTOR = 64 # largest dense Hadamard factor the Triton transform is used for (else the torch path)
+
 class LayerKernels:
     "A `QuantLinear`'s state for the Triton path on one device: the laid-out weight and, for an incoherent layer, its transform."
     def __init__(self, module:QuantLinear, # the layer
@@ -315,15 +318,19 @@ class LayerKernels:
         # signs on the device once (not per call); ones where a side has none: the launch never copies from the host
         self.s_in, self.s_out = random_signs(t['seeds'][1], K, device), random_signs(t['seeds'][0], N, device)
         self.ones_in, self.ones_out = torch.ones(K, device=device), torch.ones(N, device=device)
+        from sensq.incoherence import hadamard_factors, hadamard_transform_torch, hadamard_transform_triton
+        # the kernel mixes the m dense sub-rows in registers: fast for the Paley orders of Llama's widths (m <= 36), not for
+        # a width whose only factorization is a large dense factor (11008 = 5504 x 2): there the torch path (FWHT + einsum)
+        self.had_in, self.had_out = [hadamard_transform_triton if hadamard_factors(n)[0] <= MAX_KERNEL_HADAMARD_FACTOR
+                                     else hadamard_transform_torch for n in (K, N)]
 
     def __call__(self, x:Tensor, # (..., K) input
                  bias:Tensor|None, # (N,) in x's dtype
                 )->Tensor: # (..., N)
         from sensq.kernels import packed_linear, _launch_sparse
-        from sensq.incoherence import hadamard_transform_triton
         if not self.transform: return packed_linear(x, self.dense, bias)
-        xt = hadamard_transform_triton(x, True, pre=self.s_in, post=self.ones_in)             # x V^T
-        y = hadamard_transform_triton(packed_linear(xt, self.dense), False, pre=self.ones_out, post=self.s_out)   # (x V^T W'^T) U
+        xt = self.had_in(x, True, pre=self.s_in, post=self.ones_in)                           # x V^T
+        y = self.had_out(packed_linear(xt, self.dense), False, pre=self.ones_out, post=self.s_out)   # (x V^T W'^T) U
         if self.sparse is not None:
             _launch_sparse(x.reshape(-1, x.shape[-1]).contiguous(), self.sparse, y.view(-1, y.shape[-1]))   # + x S^T
         return y if bias is None else y + bias
