@@ -50,7 +50,7 @@ run() {  # run NAME TIMEOUT_S CMD...: log to OUTDIR/NAME.log, record rc and seco
   STEPS+=("$name $rc $s $limit")
 }
 
-run env 60 bash -c "
+run env 30 bash -c "
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo 'nvidia-smi: not available'
   $PY - <<'PYEOF'
 import importlib, pkgutil, platform, sys
@@ -68,15 +68,15 @@ for mod in sorted(m.name for m in pkgutil.iter_modules(sensq.__path__) if not m.
 print('sensq modules imported;', 'failed: ' + ', '.join(bad) if bad else 'all fine')
 PYEOF"
 
-run cuda_tests 200 "$PY" tools/run_cuda_cells.py --json "$OUTDIR/cuda_tests.json"
+run cuda_tests 240 "$PY" tools/run_cuda_cells.py --json "$OUTDIR/cuda_tests.json"
 
 if [ -f bench/bench_kernels.py ]; then
-  run kernels 180 "$PY" bench/bench_kernels.py --json "$OUTDIR/kernels.json"
+  run kernels 160 "$PY" bench/bench_kernels.py --json "$OUTDIR/kernels.json"
 else
   echo "== kernels: bench/bench_kernels.py not in this tree; skipped"; STEPS+=("kernels skipped 0 0")
 fi
 
-run scale 150 "$PY" bench/bench_scale.py --json "$OUTDIR/scale.json"
+run scale 140 "$PY" bench/bench_scale.py --json "$OUTDIR/scale.json"
 
 TOTAL=$(( $(date +%s) - T0 ))
 "$PY" - "$OUTDIR" "$TOTAL" "${STEPS[@]}" <<'PYEOF'

@@ -20,8 +20,8 @@ __all__ = ['LAYOUT_TENSORS', 'MAX_KERNEL_HADAMARD_FACTOR', 'QUANT_METHOD', 'unpa
            'layer_layout', 'check_layer_tensors', 'QuantLinear', 'LayerKernels', 'triton_forward',
            'replace_with_quant_linear', 'pack_model', 'quant_layers', 'unpack_model', 'model_memory', 'rss_bytes',
            'SensqConfig', 'SensqHfQuantizer', 'register_with_transformers', 'safetensors_header', 'checkpoint_shards',
-           'validate_checkpoint_files', 'write_packed_checkpoint', 'load_packed', 'quant_chain', 'generate_with',
-           'generate_text']
+           'validate_checkpoint_files', 'write_packed_checkpoint', 'load_packed', 'quant_chain', 'greedy_decode',
+           'generate_with', 'generate_text']
 
 # %% ../nbs/42_quantlinear.ipynb #9b833601
 _logger = logging.getLogger(__name__)
@@ -728,14 +728,58 @@ def quant_chain(model_dir:Path|str, # folder of the model about to be quantized
     prev = json.loads(f.read_text())
     return [*prev.get('chain', []), {k: v for k, v in prev.items() if k != 'chain'}]
 
+# %% ../nbs/42_quantlinear.ipynb #0c34a86a
+def greedy_decode(model:nn.Module, # a causal LM with a static-cache forward (transformers' Llama-class models)
+                  ids:Tensor, # (1, n) prompt token ids on the model's device
+                  max_new_tokens:int, # tokens to generate (no stop token: exactly this many)
+                  cuda_graph:bool|None=None, # replay each step from a CUDA graph (None: when `ids` is on CUDA)
+                 )->Tensor: # (1, max_new_tokens) the greedy tokens
+    "Greedy tokens after `ids` with a static KV cache; on CUDA every decode step is one replay of a captured graph."
+    from transformers import StaticCache
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or ids.dtype != torch.long:
+        raise ValueError(f"ids must be a (1, n) int64 tensor of prompt tokens, got {getattr(ids, 'shape', type(ids).__name__)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    dev, n = ids.device, ids.shape[1]
+    if cuda_graph is None: cuda_graph = dev.type == 'cuda'
+    if cuda_graph and dev.type != 'cuda': raise ValueError(f"cuda_graph needs the model and ids on a CUDA device, got {dev}")
+    cache = StaticCache(config=model.config, max_cache_len=n + max_new_tokens)
+    out = torch.empty(1, max_new_tokens, dtype=torch.long, device=dev)
+    with torch.no_grad():
+        logits = model(ids, past_key_values=cache, cache_position=torch.arange(n, device=dev), use_cache=True).logits
+        tok = logits[:, -1].argmax(-1, keepdim=True)                     # (1, 1), the first new token
+        pos = torch.full((1,), n, dtype=torch.long, device=dev)
+        out[:, :1] = tok
+        def step():                                                      # token at pos -> next token, pos + 1
+            lg = model(tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
+            tok.copy_(lg[:, -1].argmax(-1, keepdim=True)); pos.add_(1)
+        if max_new_tokens == 1: return out
+        if not cuda_graph:
+            for k in range(1, max_new_tokens):
+                step(); out[:, k:k + 1] = tok
+            return out
+        tok0, pos0 = tok.clone(), pos.clone()
+        side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):                                    # warm-up (tunes kernels, allocates) off the capture
+            for _ in range(2): step()
+        torch.cuda.current_stream().wait_stream(side)
+        tok.copy_(tok0); pos.copy_(pos0)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph): step()
+        for k in range(1, max_new_tokens):
+            graph.replay(); out[:, k:k + 1] = tok
+    return out
+
+
 # %% ../nbs/42_quantlinear.ipynb #3fe68af4
 def generate_with(model:nn.Module, # a causal LM
                   tokenizer, # its tokenizer
                   prompt:str, # the text to continue (or the user message, with the chat template)
                   max_new_tokens:int=64, # tokens to generate
                   chat:bool|None=None, # wrap the prompt in the tokenizer's chat template (None: when it has one)
+                  cuda_graph:bool|None=None, # decode with `greedy_decode` from a CUDA graph (None: when the model is on CUDA)
                  )->str: # the generated text (prompt excluded)
-    "Greedy generation of `max_new_tokens` tokens after `prompt`."
+    "Greedy generation of `max_new_tokens` tokens after `prompt` (stopping at the end-of-sequence token, as `generate` does)."
     if not isinstance(prompt, str) or not prompt.strip(): raise ValueError("prompt must be a non-empty string")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -745,6 +789,17 @@ def generate_with(model:nn.Module, # a causal LM
                                             return_tensors='pt', return_dict=True)['input_ids']
     else: ids = tokenizer(prompt, return_tensors='pt')['input_ids']
     ids = ids.to(next(model.parameters()).device)
+    auto, toks = cuda_graph is None, None
+    if cuda_graph or (auto and ids.device.type == 'cuda'):
+        try: toks = greedy_decode(model, ids, max_new_tokens, cuda_graph=True)[0].tolist()
+        except Exception as e:                                          # automatic choice: fall back to eager `generate`
+            if not auto: raise
+            _logger.warning("CUDA-graph decoding failed (%s: %s); decoding eagerly", type(e).__name__, str(e)[:200])
+    if toks is not None:
+        eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        cut = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))       # generate() stops after the first one
+        return tokenizer.decode(toks[:cut], skip_special_tokens=True)
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)

@@ -61,6 +61,7 @@ def run_notebook(nb: Path) -> dict:
             m = importlib.import_module(f'sensq.{mod}')
             ns.update({k: v for k, v in vars(m).items() if not k.startswith('__')})
         for i, s in enumerate(cuda_cells(nb)):
+            print(f"  {nb.name} cuda cell {i}: started at {time.perf_counter() - t0:.1f} s", flush=True)   # progress, for a timed-out run
             tree = ast.parse(s)
             if tree.body and isinstance(tree.body[-1], ast.Expr):   # the cell's displayed value, as a notebook shows it
                 body, tail = ast.Module(tree.body[:-1], []), ast.Expression(tree.body[-1].value)
@@ -93,6 +94,7 @@ def main(argv=None):
         r = run_notebook(nb); res.append(r)
         print(f"{'ok  ' if r['error'] is None else 'FAIL'} {r['notebook']}: {r['cells']} cell(s), {r['seconds']} s"
               + (f"\n{r['error']}" if r['error'] else f"\n     {r['value']}" if r['value'] else ''), flush=True)
+        if a.json: Path(a.json).write_text(json.dumps(res, indent=1) + '\n')    # the notebooks so far survive a timeout
     if a.json: Path(a.json).write_text(json.dumps(res, indent=1) + '\n')
     failed = [r['notebook'] for r in res if r['error']]
     print(f"{len(res) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ''))
