@@ -728,7 +728,7 @@ def quant_chain(model_dir:Path|str, # folder of the model about to be quantized
     prev = json.loads(f.read_text())
     return [*prev.get('chain', []), {k: v for k, v in prev.items() if k != 'chain'}]
 
-# %% ../nbs/42_quantlinear.ipynb #0c34a86a
+# %% ../nbs/42_quantlinear.ipynb #52326add
 def greedy_decode(model:nn.Module, # a causal LM with a static-cache forward (transformers' Llama-class models)
                   ids:Tensor, # (1, n) prompt token ids on the model's device
                   max_new_tokens:int, # tokens to generate (no stop token: exactly this many)
