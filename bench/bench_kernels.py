@@ -297,6 +297,21 @@ def e2e_rows(args, timer, dev):
         except Exception as e:
             return float('nan'), f"graph decode skipped: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 
+    def greedy_tok_per_s():
+        "`sensq.quantlinear.greedy_decode` (static cache, one CUDA-graph replay per token): the library's fast path, timed whole."
+        from sensq.quantlinear import greedy_decode
+        try:
+            greedy_decode(model, prompt, 4)                                          # warm-up
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            greedy_decode(model, prompt, new)
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            return (new / (time.perf_counter() - t0) if not args.dry_run else float('nan')), None
+        except Exception as e:
+            return float('nan'), f"greedy_decode failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
+    from sensq.pack import PackedWeight
+    from sensq.quantlinear import QuantLinear
     rows = []
     tps16, out16 = tok_per_s()
     g16, note16 = graph_tok_per_s()
@@ -305,13 +320,12 @@ def e2e_rows(args, timer, dev):
     for layer in layers:
         for parent, names in ((layer.self_attn, ('q_proj', 'k_proj', 'v_proj', 'o_proj')), (layer.mlp, ('gate_proj', 'up_proj', 'down_proj'))):
             for nm in names:
-                setattr(parent, nm, PackedLinear(pack_linear(getattr(parent, nm))))
+                setattr(parent, nm, QuantLinear.from_packed(pack_linear(getattr(parent, nm))))   # the library's layer and dispatch
     torch.cuda.empty_cache() if dev.type == 'cuda' else None
     tps4, out4 = tok_per_s()
     g4, note4 = graph_tok_per_s()
+    gd4, gdnote4 = greedy_tok_per_s()
     same = float((out4[:, 8:] == out16[:, 8:]).float().mean())
-    from sensq.pack import PackedWeight
-    from sensq.quantlinear import QuantLinear
     from sensq.incoherence import make_transform
     for i, layer in enumerate(layers):     # the same codes read as W' in a randomized Hadamard basis: two transforms per layer
         for parent, names in ((layer.self_attn, ('q_proj', 'k_proj', 'v_proj', 'o_proj')), (layer.mlp, ('gate_proj', 'up_proj', 'down_proj'))):
@@ -322,14 +336,15 @@ def e2e_rows(args, timer, dev):
     if dev.type == 'cuda':
         tpsi, _ = tok_per_s()
         gi, notei = graph_tok_per_s()
-    else: tpsi, gi, notei = float('nan'), float('nan'), None   # the torch path on a CPU: nothing to time
+        gdi, gdnotei = greedy_tok_per_s()
+    else: tpsi, gi, notei, gdi, gdnotei = float('nan'), float('nan'), None, float('nan'), None   # torch path on a CPU: nothing to time
     rows.append(dict(model='Llama-3.2-1B shape, random', batch=1, new_tokens=new, fp16_tok_s=tps16, w4_tok_s=tps4, speedup=tps4 / tps16,
                      graph_fp16_tok_s=g16, graph_w4_tok_s=g4, graph_speedup=g4 / g16, same_tokens_frac=same,
-                     incoherent_w4_tok_s=tpsi, graph_incoherent_w4_tok_s=gi,
-                     fp16_param_GB=nbytes16 / 1e9, note='; '.join(n for n in (note16, note4, notei) if n)))
+                     incoherent_w4_tok_s=tpsi, graph_incoherent_w4_tok_s=gi, greedy_decode_w4_tok_s=gd4, greedy_decode_incoherent_tok_s=gdi,
+                     fp16_param_GB=nbytes16 / 1e9, note='; '.join(n for n in (note16, note4, notei, gdnote4, gdnotei) if n)))
     print(f"  generate(): fp16 {tps16:.1f} tok/s, w4 {tps4:.1f} tok/s (x{tps4 / tps16:.2f}); CUDA graph: fp16 {g16:.1f}, w4 {g4:.1f} "
           f"(x{g4 / g16:.2f}); greedy tokens equal to fp16's: {same:.0%}; incoherent w4 {tpsi:.1f} tok/s, CUDA graph {gi:.1f} "
-          f"{rows[-1]['note']}", flush=True)
+          f"greedy_decode w4 {gd4:.1f}, incoherent {gdi:.1f} tok/s {rows[-1]['note']}", flush=True)
     return rows
 
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/42_quantlinear.ipynb #349372dc
 from __future__ import annotations
-import copy, json, logging, math, os, shutil, struct, sys, tempfile
+import contextlib, copy, inspect, json, logging, math, os, shutil, struct, sys, tempfile
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -743,31 +743,37 @@ def greedy_decode(model:nn.Module, # a causal LM with a static-cache forward (tr
     dev, n = ids.device, ids.shape[1]
     if cuda_graph is None: cuda_graph = dev.type == 'cuda'
     if cuda_graph and dev.type != 'cuda': raise ValueError(f"cuda_graph needs the model and ids on a CUDA device, got {dev}")
-    cache = StaticCache(config=model.config, max_cache_len=n + max_new_tokens)
-    out = torch.empty(1, max_new_tokens, dtype=torch.long, device=dev)
+    params = inspect.signature(model.forward).parameters
+    cache_kw = 'cache' if 'cache' in params else 'past_key_values'          # transformers >= 5.24 names it `cache`
+    def forward(x, cache, position):                                       # logits of tokens x at `position` (1-d)
+        kw = {cache_kw: cache, 'use_cache': True}
+        if 'cache_position' in params: kw['cache_position'] = position     # versions whose cache is indexed by it
+        return model(x, **kw).logits                                       # (others count positions on the device)
+    def step(cache, tok, pos):                                             # token at pos -> next token; pos + 1
+        tok.copy_(forward(tok, cache, pos)[:, -1].argmax(-1, keepdim=True)); pos.add_(1)
+    new_cache = lambda: StaticCache(config=model.config, max_cache_len=n + max_new_tokens)
+    cache, out = new_cache(), torch.empty(1, max_new_tokens, dtype=torch.long, device=dev)
     with torch.no_grad():
-        logits = model(ids, past_key_values=cache, cache_position=torch.arange(n, device=dev), use_cache=True).logits
-        tok = logits[:, -1].argmax(-1, keepdim=True)                     # (1, 1), the first new token
+        tok = forward(ids, cache, torch.arange(n, device=dev))[:, -1].argmax(-1, keepdim=True)   # prefill: the first new token
         pos = torch.full((1,), n, dtype=torch.long, device=dev)
         out[:, :1] = tok
-        def step():                                                      # token at pos -> next token, pos + 1
-            lg = model(tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
-            tok.copy_(lg[:, -1].argmax(-1, keepdim=True)); pos.add_(1)
         if max_new_tokens == 1: return out
-        if not cuda_graph:
-            for k in range(1, max_new_tokens):
-                step(); out[:, k:k + 1] = tok
-            return out
-        tok0, pos0 = tok.clone(), pos.clone()
-        side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):                                    # warm-up (tunes kernels, allocates) off the capture
-            for _ in range(2): step()
-        torch.cuda.current_stream().wait_stream(side)
-        tok.copy_(tok0); pos.copy_(pos0)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph): step()
+        # warm-up on a scratch cache (kernels compile and tune, allocations settle): the real cache and its position
+        # counter are untouched, so the first replay continues exactly where the prefill stopped
+        side = torch.cuda.Stream(dev) if cuda_graph else None
+        if side is not None: side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            scratch, t_, p_ = new_cache(), tok.clone(), pos.clone()
+            for _ in range(2): step(scratch, t_, p_)
+        if side is not None: torch.cuda.current_stream(dev).wait_stream(side)
+        del scratch
+        if cuda_graph:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph): step(cache, tok, pos)          # captured, not run
+            run = graph.replay
+        else: run = lambda: step(cache, tok, pos)
         for k in range(1, max_new_tokens):
-            graph.replay(); out[:, k:k + 1] = tok
+            run(); out[:, k:k + 1] = tok
     return out
 
 
