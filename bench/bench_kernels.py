@@ -219,18 +219,6 @@ def incoherent_rows(args, timer, dev, copy_bw, shapes, batches):
     return rows
 
 
-class PackedLinear(torch.nn.Module):
-    "Local stand-in for QuantLinear: holds a packed weight and calls `packed_linear`."
-    def __init__(self, packed, bias=None):
-        super().__init__()
-        from sensq.kernels import kernel_weight
-        self.packed, self.kw = packed, kernel_weight(packed)
-        self.bias = bias
-    def forward(self, x):
-        from sensq.kernels import packed_linear
-        return packed_linear(x, self.kw, self.bias)
-
-
 def pack_linear(lin, bits=4, group_size=128):
     "RTN-quantize an nn.Linear on sensq's integer-zero grid and pack it (layout of sensq.pack)."
     from sensq.quant import QuantSpec, quantize
