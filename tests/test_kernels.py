@@ -5,33 +5,18 @@ import pytest
 import torch
 from sensq.pack import PackedWeight, pack_codes, unpack_codes
 from sensq.kernels import (packed_linear, packed_linear_reference, random_packed, kernel_weight, kernel_unsupported, KernelWeight,
-                           INTERPRETER_CONFIGS, GPU_CONFIGS, _plan, _cfg, _LOCKS, _INTERPRET)
+                           INTERPRETER_CONFIGS, GPU_CONFIGS, _plan, _cfg, _LOCKS, check_packed_linear)
 
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
 FMA, DOT = INTERPRETER_CONFIGS['gemv1'][0], INTERPRETER_CONFIGS['gemv16'][0]
-U = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 SEED = int.from_bytes(os.urandom(4), 'little')   # fresh inputs every run; the seed is in every failure message
 
 
 def check(pw, M, cfg, dtype=torch.float32, bias=True, sparse='fused', gen=None):
-    """Kernel vs float64 spec on random x, element by element, with a NaN-filled output buffer (unwritten elements fail).
-    Tolerance: output rounding u_out |y| (twice for the separate sparse launch; bf16 truncates under the interpreter),
-    float32 accumulation (K + 8) u_32 sum|x||W|, and for 16-bit inputs on the tensor-core path u_in sum|x||W| (weights
-    rounded to the input type)."""
-    N, K = pw.shape
-    x = torch.randn(M, K, generator=gen).to(DEV, dtype)
-    b = torch.randn(N, generator=gen).to(DEV, dtype) if bias else None
-    out = torch.full((M, N), float('nan'), dtype=dtype, device=DEV)
-    y = packed_linear(x, pw, b, sparse=sparse, config=cfg, out=out).double().cpu()
-    Wd = pw.dequantize(torch.float64).cpu()
-    xd = x.double().cpu()
-    ref = xd @ Wd.T + (b.double().cpu() if bias else 0)
-    mag = xd.abs() @ Wd.abs().T + (b.double().cpu().abs() if bias else 0)
-    u_out = 2.0**-7 if (_INTERPRET and dtype == torch.bfloat16) else U[dtype]
-    dot = cfg['DOT'] if cfg else True          # the launcher may pick the tensor cores even at batch 1
-    tol = (2 if sparse == 'separate' else 1) * u_out * ref.abs() + ((U[dtype] if dot and dtype != torch.float32 else 0) + (K + 8) * 2.0**-24) * mag
-    err = (y - ref).abs()
-    assert bool((err <= tol).all()), f"max err/tol {float((err / tol).max()):.3g}: {pw.config} M={M} {cfg} {dtype} {sparse} seed {SEED}"
+    """Kernel vs float64 spec on random x drawn from `gen` (`sensq.kernels.check_packed_linear`: element by element, a
+    NaN-filled output buffer, tolerance from output rounding, float32 accumulation and the tensor-core input rounding)."""
+    try: check_packed_linear(pw, M, cfg, dtype, bias, sparse, seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
+    except AssertionError as e: raise AssertionError(f"{e} (test seed {SEED})") from None
 
 
 def layouts(bits, grid, gen):
