@@ -311,6 +311,10 @@ def e2e_rows(args, timer, dev):
                 setattr(parent, nm, QuantLinear.from_packed(pack_linear(getattr(parent, nm))))   # the library's layer and dispatch
     torch.cuda.empty_cache() if dev.type == 'cuda' else None
     tps4, out4 = tok_per_s()
+    from sensq import kernels
+    kernels.FAST_LAUNCH = False                          # eager generate() with Triton's launch on every call
+    try: tps4_triton, _ = tok_per_s()
+    finally: kernels.FAST_LAUNCH = True
     g4, note4 = graph_tok_per_s()
     gd4, gdnote4 = greedy_tok_per_s()
     same = float((out4[:, 8:] == out16[:, 8:]).float().mean())
@@ -326,11 +330,11 @@ def e2e_rows(args, timer, dev):
         gi, notei = graph_tok_per_s()
         gdi, gdnotei = greedy_tok_per_s()
     else: tpsi, gi, notei, gdi, gdnotei = float('nan'), float('nan'), None, float('nan'), None   # torch path on a CPU: nothing to time
-    rows.append(dict(model='Llama-3.2-1B shape, random', batch=1, new_tokens=new, fp16_tok_s=tps16, w4_tok_s=tps4, speedup=tps4 / tps16,
+    rows.append(dict(model='Llama-3.2-1B shape, random', batch=1, new_tokens=new, fp16_tok_s=tps16, w4_tok_s=tps4, speedup=tps4 / tps16, w4_tok_s_triton_launch=tps4_triton,
                      graph_fp16_tok_s=g16, graph_w4_tok_s=g4, graph_speedup=g4 / g16, same_tokens_frac=same,
                      incoherent_w4_tok_s=tpsi, graph_incoherent_w4_tok_s=gi, greedy_decode_w4_tok_s=gd4, greedy_decode_incoherent_tok_s=gdi,
                      fp16_param_GB=nbytes16 / 1e9, note='; '.join(n for n in (note16, note4, notei, gdnote4, gdnotei) if n)))
-    print(f"  generate(): fp16 {tps16:.1f} tok/s, w4 {tps4:.1f} tok/s (x{tps4 / tps16:.2f}); CUDA graph: fp16 {g16:.1f}, w4 {g4:.1f} "
+    print(f"  generate(): fp16 {tps16:.1f} tok/s, w4 {tps4:.1f} tok/s (x{tps4 / tps16:.2f}; {tps4_triton:.1f} with Triton's launch); CUDA graph: fp16 {g16:.1f}, w4 {g4:.1f} "
           f"(x{g4 / g16:.2f}); greedy tokens equal to fp16's: {same:.0%}; incoherent w4 {tpsi:.1f} tok/s, CUDA graph {gi:.1f} "
           f"greedy_decode w4 {gd4:.1f}, incoherent {gdi:.1f} tok/s {rows[-1]['note']}", flush=True)
     return rows
@@ -371,8 +375,12 @@ def main():
     def canary(after):   # the same call timed after each section: does a section change the cost of a call?
         c = dict(after=after, shape=f"{shapes[0][0]}x{shapes[0][1]}", call_us=timer(lambda: packed_linear(cx, ckw)) * 1e6,
                  gpu_us=timer.gpu(lambda: packed_linear(cx, ckw)) * 1e6)
+        kernels.FAST_LAUNCH = False                      # the same call through Triton's launch (binder) every time
+        try: c['call_us_triton_launch'] = timer(lambda: packed_linear(cx, ckw)) * 1e6
+        finally: kernels.FAST_LAUNCH = True
         res['canary'].append(c)
-        print(f"  canary (w4 b1 {c['shape']}) after {after}: per call {c['call_us']:.1f} us, GPU {c['gpu_us']:.1f} us", flush=True)
+        print(f"  canary (w4 b1 {c['shape']}) after {after}: per call {c['call_us']:.1f} us (Triton's launch "
+              f"{c['call_us_triton_launch']:.1f} us), GPU {c['gpu_us']:.1f} us", flush=True)
     canary('start')
     print("## dense kernels", flush=True)
     res['kernels'] = kernel_rows(args, timer, dev, copy_bw, shapes, batches); canary('dense'); save()

@@ -3,6 +3,7 @@
 # in under 8 minutes, from a copy of the working tree on a machine where sensq is not installed.
 #
 #   bash bench/gpu_suite.sh [OUTDIR]        # OUTDIR default: $OUT, else ./gpu_out
+#   SENSQ_GPU_STEPS="env cuda_tests kernels" SENSQ_KERNELS_ARGS=--quick bash bench/gpu_suite.sh   # some steps only
 #
 # Steps, each under `timeout`, each logged to OUTDIR/<step>.log; a failed step does not stop the next:
 #   env         GPU name, driver, torch / triton / transformers versions; every sensq module imported
@@ -37,8 +38,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 
 STEPS=()
+WANTED=" ${SENSQ_GPU_STEPS:-env cuda_tests kernels scale} "
 run() {  # run NAME TIMEOUT_S CMD...: log to OUTDIR/NAME.log, record rc and seconds
   local name=$1 limit=$2; shift 2
+  if [[ "$WANTED" != *" $name "* ]]; then echo "== $name: not in SENSQ_GPU_STEPS; skipped"; STEPS+=("$name skipped 0 0"); return; fi
   local t=$(date +%s)
   local cmd="$*"
   echo "== $name (limit ${limit} s): ${cmd:0:100}"
@@ -71,7 +74,7 @@ PYEOF"
 run cuda_tests 240 "$PY" tools/run_cuda_cells.py --json "$OUTDIR/cuda_tests.json"
 
 if [ -f bench/bench_kernels.py ]; then
-  run kernels 160 "$PY" bench/bench_kernels.py --json "$OUTDIR/kernels.json"
+  run kernels 160 "$PY" bench/bench_kernels.py ${SENSQ_KERNELS_ARGS:-} --json "$OUTDIR/kernels.json"
 else
   echo "== kernels: bench/bench_kernels.py not in this tree; skipped"; STEPS+=("kernels skipped 0 0")
 fi

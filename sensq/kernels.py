@@ -11,8 +11,8 @@ from torch import Tensor
 from .pack import PackedWeight, packed_words, pack_codes, GRIDS
 
 # %% auto #0
-__all__ = ['log', 'KERNEL_BITS', 'GPU_CONFIGS', 'INTERPRETER_CONFIGS', 'packed_linear_reference', 'random_packed', 'KernelWeight',
-           'kernel_unsupported', 'kernel_weight', 'packed_linear', 'check_packed_linear']
+__all__ = ['log', 'KERNEL_BITS', 'GPU_CONFIGS', 'INTERPRETER_CONFIGS', 'FAST_LAUNCH', 'packed_linear_reference', 'random_packed',
+           'KernelWeight', 'kernel_unsupported', 'kernel_weight', 'packed_linear', 'check_packed_linear']
 
 # %% ../nbs/41_kernels.ipynb #72b3e818
 # Without a GPU, Triton kernels run in its interpreter; the switch is read when a kernel is decorated, so set it first.
@@ -504,6 +504,37 @@ def _plan(cfg:dict, # a configuration (BLOCK_M, BLOCK_N, BLOCK_K, DOT, num_warps
     return dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, DOT=cfg['DOT'], BLOCK_E=BE, SPLIT_K=split, K_SPLIT=k_split,
                 PER_ROW=per_row, PER_ELEM=per_elem, num_warps=cfg.get('num_warps', 4), num_stages=cfg.get('num_stages', 3))
 
+# %% ../nbs/41_kernels.ipynb #1080d602
+FAST_LAUNCH = os.environ.get('SENSQ_FAST_LAUNCH', '1') != '0'
+_COMPILED = {}
+
+def _specialization(a):
+    "What Triton specializes a compiled kernel on for one run-time argument (tensor: dtype, 16-byte alignment; int: 1, 16 | a, width)."
+    if isinstance(a, Tensor): return (a.dtype, a.data_ptr() % 16 == 0)
+    if type(a) is int: return (a == 1, a % 16 == 0, -2**31 <= a < 2**31, 0 <= a < 2**64)
+    return (type(a),)
+
+def _launch(kernel, # a `triton.jit` kernel
+            grid:tuple, # (x, y, z) programs
+            args:tuple, # run-time arguments, in the kernel's order
+            meta:dict, # constexpr arguments, in the kernel's order after `args`
+            num_warps:int, num_stages:int, # compile options
+            fast:bool|None=None): # call a compiled kernel directly (None: FAST_LAUNCH, on CUDA, outside the interpreter)
+    "Launch `kernel`; with `fast`, repeat launches of the same specialization call the compiled kernel without Triton's binder."
+    if fast is None: fast = FAST_LAUNCH and not _INTERPRET and args[0].device.type == 'cuda'
+    if not fast: return kernel[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages)
+    key = (kernel, args[0].device, tuple(map(_specialization, args)), tuple(meta.values()), num_warps, num_stages)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        names = list(kernel.arg_names[len(args):])
+        if list(meta) != names: raise ValueError(f"constexpr arguments {list(meta)} are not the kernel's {names}")
+        compiled = kernel[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages)   # compiles once, launches
+        if compiled is not None: _COMPILED[key] = compiled
+        return compiled
+    compiled[grid](*args, *meta.values())
+    return compiled
+
+
 # %% ../nbs/41_kernels.ipynb #1ff47972
 _LOCKS = {}
 def _locks(dev, n):
@@ -524,29 +555,27 @@ def _launch_dense(x2, kw, out, bias, p, fused):
     locks = _locks(x2.device, triton.cdiv(M, p['BLOCK_M']) * triton.cdiv(N, p['BLOCK_N'])) if split > 1 else out
     q = kw.qweight
     sp = fused and kw.nnz > 0
-    grid = lambda meta: (triton.cdiv(meta['M'], meta['BLOCK_M']) * triton.cdiv(meta['N'], meta['BLOCK_N']), meta['SPLIT_K'])
-    _qlinear_kernel[grid](
-        x2, out, q if bias is None else bias,
-        q, q if kw.scales is None else kw.scales, q if kw.zeros is None else kw.zeros,
-        q if kw.g_idx is None else kw.g_idx, q if kw.lut is None else kw.lut,
-        kw.crow if sp else q, kw.col if sp else q, kw.val if sp else q,
-        part, locks,
-        M, N, K, q.shape[1], kw.groups, kw.zeros.shape[1] if kw.grid == 'asym' else 1, kw.group_size or K,
-        x2.stride(0), p['K_SPLIT'], split, 0,
-        BITS=kw.bits, GRID=_GRID_ID[kw.grid], PER_ROW=p['PER_ROW'], PER_ELEM=p['PER_ELEM'], HAS_GIDX=kw.g_idx is not None,
-        HAS_BIAS=bias is not None, SPARSE=sp, COL16=sp and kw.col.dtype == torch.int16, DOT=p['DOT'],
-        DOT_F32=x2.dtype == torch.float32 or (_INTERPRET and x2.dtype == torch.bfloat16),
-        BLOCK_M=p['BLOCK_M'], BLOCK_N=p['BLOCK_N'], BLOCK_K=p['BLOCK_K'], BLOCK_E=p['BLOCK_E'],
-        num_warps=p['num_warps'], num_stages=p['num_stages'])
+    grid = (triton.cdiv(M, p['BLOCK_M']) * triton.cdiv(N, p['BLOCK_N']), split, 1)
+    args = (x2, out, q if bias is None else bias,
+            q, q if kw.scales is None else kw.scales, q if kw.zeros is None else kw.zeros,
+            q if kw.g_idx is None else kw.g_idx, q if kw.lut is None else kw.lut,
+            kw.crow if sp else q, kw.col if sp else q, kw.val if sp else q,
+            part, locks,
+            M, N, K, q.shape[1], kw.groups, kw.zeros.shape[1] if kw.grid == 'asym' else 1, kw.group_size or K,
+            x2.stride(0), p['K_SPLIT'], split, 0)
+    meta = dict(BITS=kw.bits, GRID=_GRID_ID[kw.grid], PER_ROW=p['PER_ROW'], PER_ELEM=p['PER_ELEM'], HAS_GIDX=kw.g_idx is not None,
+                HAS_BIAS=bias is not None, SPARSE=sp, COL16=sp and kw.col.dtype == torch.int16, DOT=p['DOT'],
+                DOT_F32=x2.dtype == torch.float32 or (_INTERPRET and x2.dtype == torch.bfloat16),
+                BLOCK_M=p['BLOCK_M'], BLOCK_N=p['BLOCK_N'], BLOCK_K=p['BLOCK_K'], BLOCK_E=p['BLOCK_E'])
+    _launch(_qlinear_kernel, grid, args, meta, p['num_warps'], p['num_stages'])
 
 def _launch_sparse(x2, kw, out):
     "The separate path: `out += x2 @ S.T` by `_csr_add_kernel`."
     M = x2.shape[0]
     BM, BN = min(16, triton.next_power_of_2(M)), 32
-    grid = lambda meta: (triton.cdiv(meta['N'], meta['BLOCK_N']), triton.cdiv(meta['M'], meta['BLOCK_M']))
-    _csr_add_kernel[grid](
-        x2, out, kw.crow, kw.col, kw.val, M, kw.out_features, x2.stride(0),
-        COL16=kw.col.dtype == torch.int16, BLOCK_N=BN, BLOCK_M=BM, BLOCK_E=max(1, min(32, 4096 // (BN * BM))), num_warps=4)
+    grid = (triton.cdiv(kw.out_features, BN), triton.cdiv(M, BM), 1)
+    _launch(_csr_add_kernel, grid, (x2, out, kw.crow, kw.col, kw.val, M, kw.out_features, x2.stride(0)),
+            dict(COL16=kw.col.dtype == torch.int16, BLOCK_N=BN, BLOCK_M=BM, BLOCK_E=max(1, min(32, 4096 // (BN * BM)))), 4, 3)
 
 _TUNED = {}
 def _choose(kw, x2, out, bias, fused):
