@@ -3,7 +3,8 @@
 # in under 8 minutes, from a copy of the working tree on a machine where sensq is not installed.
 #
 #   bash bench/gpu_suite.sh [OUTDIR]        # OUTDIR default: $OUT, else ./gpu_out
-#   SENSQ_GPU_STEPS="env cuda_tests kernels" SENSQ_KERNELS_ARGS=--quick bash bench/gpu_suite.sh   # some steps only
+#   SENSQ_GPU_STEPS="env cuda_tests kernels" SENSQ_CUDA_NOTEBOOKS=nbs/42_quantlinear.ipynb bash bench/gpu_suite.sh  # a part
+#   SENSQ_KERNELS_ARGS= bash bench/gpu_suite.sh   # bench_kernels on every shape (default --quick: the suite fits in 8 minutes)
 #
 # Steps, each under `timeout`, each logged to OUTDIR/<step>.log; a failed step does not stop the next:
 #   env         GPU name, driver, torch / triton / transformers versions; every sensq module imported
@@ -71,10 +72,10 @@ for mod in sorted(m.name for m in pkgutil.iter_modules(sensq.__path__) if not m.
 print('sensq modules imported;', 'failed: ' + ', '.join(bad) if bad else 'all fine')
 PYEOF"
 
-run cuda_tests 240 "$PY" tools/run_cuda_cells.py --json "$OUTDIR/cuda_tests.json"
+run cuda_tests 300 "$PY" tools/run_cuda_cells.py ${SENSQ_CUDA_NOTEBOOKS:-} --json "$OUTDIR/cuda_tests.json"
 
 if [ -f bench/bench_kernels.py ]; then
-  run kernels 160 "$PY" bench/bench_kernels.py ${SENSQ_KERNELS_ARGS:-} --json "$OUTDIR/kernels.json"
+  run kernels 120 "$PY" bench/bench_kernels.py ${SENSQ_KERNELS_ARGS---quick} --json "$OUTDIR/kernels.json"
 else
   echo "== kernels: bench/bench_kernels.py not in this tree; skipped"; STEPS+=("kernels skipped 0 0")
 fi
