@@ -285,10 +285,10 @@ def e2e_rows(args, timer, dev):
         except Exception as e:
             return float('nan'), f"graph decode skipped: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 
-    def greedy_tok_per_s():
+    def greedy_tok_per_s(ref):
         """`sensq.quantlinear.greedy_decode` (static cache, one CUDA-graph replay per token), the library's fast path: tokens/s
         in the steady state, from two whole calls of 8 and 8 + `new` tokens (each call prefills, warms up and captures
-        once: that fixed cost cancels)."""
+        once: that fixed cost cancels); profiled when under half of `ref`, the bare capture loop's rate."""
         from sensq.quantlinear import greedy_decode
         def whole(n):
             if dev.type == 'cuda': torch.cuda.synchronize()
@@ -296,11 +296,22 @@ def e2e_rows(args, timer, dev):
             greedy_decode(model, prompt, n)
             if dev.type == 'cuda': torch.cuda.synchronize()
             return time.perf_counter() - t0
+        def profile(label):
+            "Where one whole call's host and GPU time goes (printed to the log): run when the steady state looks slow."
+            from torch.profiler import profile as prof, ProfilerActivity
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
+            with prof(activities=acts) as p: whole(8 + new)
+            key = 'self_cuda_time_total' if dev.type == 'cuda' else 'self_cpu_time_total'
+            print(f"  greedy_decode profile ({label}), by self CPU time:\n"
+                  + p.key_averages().table(sort_by='self_cpu_time_total', row_limit=12)
+                  + f"\n  by {key}:\n" + p.key_averages().table(sort_by=key, row_limit=8), flush=True)
         try:
             whole(4)                                                                 # warm-up
             t_short, t_long = whole(8), whole(8 + new)
+            rate = new / (t_long - t_short)
+            if args.dry_run or rate < 0.5 * ref: profile('dry run' if args.dry_run else f'{rate:.1f} tok/s')
             if args.dry_run: return float('nan'), None
-            return new / (t_long - t_short), f"greedy_decode fixed cost {t_short * 1e3:.0f} ms per call (8 tokens)"
+            return rate, f"greedy_decode fixed cost {t_short * 1e3:.0f} ms per call (8 tokens)"
         except Exception as e:
             return float('nan'), f"greedy_decode failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 
@@ -322,7 +333,7 @@ def e2e_rows(args, timer, dev):
     try: tps4_triton, _ = tok_per_s()
     finally: kernels.FAST_LAUNCH = True
     g4, note4 = graph_tok_per_s()
-    gd4, gdnote4 = greedy_tok_per_s()
+    gd4, gdnote4 = greedy_tok_per_s(g4)
     same = float((out4[:, 8:] == out16[:, 8:]).float().mean())
     from sensq.incoherence import make_transform
     for i, layer in enumerate(layers):     # the same codes read as W' in a randomized Hadamard basis: two transforms per layer
@@ -334,7 +345,7 @@ def e2e_rows(args, timer, dev):
     if dev.type == 'cuda':
         tpsi, _ = tok_per_s()
         gi, notei = graph_tok_per_s()
-        gdi, gdnotei = greedy_tok_per_s()
+        gdi, gdnotei = greedy_tok_per_s(gi)
     else: tpsi, gi, notei, gdi, gdnotei = float('nan'), float('nan'), None, float('nan'), None   # torch path on a CPU: nothing to time
     rows.append(dict(model='Llama-3.2-1B shape, random', batch=1, new_tokens=new, fp16_tok_s=tps16, w4_tok_s=tps4, speedup=tps4 / tps16, w4_tok_s_triton_launch=tps4_triton,
                      graph_fp16_tok_s=g16, graph_w4_tok_s=g4, graph_speedup=g4 / g16, same_tokens_frac=same,
