@@ -514,6 +514,8 @@ def _specialization(a):
     if type(a) is int: return (a == 1, a % 16 == 0, -2**31 <= a < 2**31, 0 <= a < 2**64)
     return (type(a),)
 
+def _current_device(): return torch.cuda.current_device() if torch.cuda.is_available() else -1
+
 def _launch(kernel, # a `triton.jit` kernel
             grid:tuple, # (x, y, z) programs
             args:tuple, # run-time arguments, in the kernel's order
@@ -523,7 +525,8 @@ def _launch(kernel, # a `triton.jit` kernel
     "Launch `kernel`; with `fast`, repeat launches of the same specialization call the compiled kernel without Triton's binder."
     if fast is None: fast = FAST_LAUNCH and not _INTERPRET and args[0].device.type == 'cuda'
     if not fast: return kernel[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages)
-    key = (kernel, args[0].device, tuple(map(_specialization, args)), tuple(meta.values()), num_warps, num_stages)
+    # Triton compiles and loads a kernel for the current device (as its own launch does, whatever the tensors' device)
+    key = (kernel, _current_device(), args[0].device, tuple(map(_specialization, args)), tuple(meta.values()), num_warps, num_stages)
     compiled = _COMPILED.get(key)
     if compiled is None:
         names = list(kernel.arg_names[len(args):])
