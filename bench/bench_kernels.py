@@ -288,7 +288,10 @@ def e2e_rows(args, timer, dev):
     def greedy_tok_per_s(ref):
         """`sensq.quantlinear.greedy_decode` (static cache, one CUDA-graph replay per token), the library's fast path: tokens/s
         in the steady state, from two whole calls of 8 and 8 + `new` tokens (each call prefills, warms up and captures
-        once: that fixed cost cancels); profiled when under half of `ref`, the bare capture loop's rate."""
+        once: that fixed cost cancels); profiled when under half of `ref`, the bare capture loop's rate. Both lengths run
+        once untimed first: a static cache of a new length pays first-use costs (attention plans for the new key length)
+        that need not cancel in the difference -- a possible reason the 2026-12-04 runs read 43-48 tok/s for plain w4
+        (timed first) against 119-273 for the incoherent model, with bare capture loops of 304-409 for both."""
         from sensq.quantlinear import greedy_decode
         def whole(n):
             if dev.type == 'cuda': torch.cuda.synchronize()
@@ -306,7 +309,7 @@ def e2e_rows(args, timer, dev):
                   + p.key_averages().table(sort_by='self_cpu_time_total', row_limit=12)
                   + f"\n  by {key}:\n" + p.key_averages().table(sort_by=key, row_limit=8), flush=True)
         try:
-            whole(4)                                                                 # warm-up
+            whole(8), whole(8 + new)                                                 # warm-up: both lengths once
             t_short, t_long = whole(8), whole(8 + new)
             rate = new / (t_long - t_short)
             if args.dry_run or rate < 0.5 * ref: profile('dry run' if args.dry_run else f'{rate:.1f} tok/s')
