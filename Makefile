@@ -43,6 +43,8 @@ docs-offline: venv
 # $(PY) tools/run_study.py 23_hessian_study --quick
 # 36_lowbit_study (~30 core-hours) keeps its row cache in git so it can span sessions and machines:
 # SENSQ_CACHE=study_cache $(PY) tools/run_study.py --resume 36_lowbit_study   (then commit study_cache/)
+# and any of its committed rows can be checked against a re-run on this machine (minutes per row; stores nothing):
+# SENSQ_CACHE=study_cache $(PY) tools/run_study.py 36_lowbit_study --verify "run_row(3, 'gptq', True, 'none')"
 STUDIES ?= 13_study 23_hessian_study 34_ds_study
 studies: venv
 	$(PY) tools/run_study.py --fresh $(STUDIES)

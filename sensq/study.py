@@ -10,13 +10,14 @@ from enum import Enum
 from pathlib import Path
 import torch
 from torch import Tensor, nn
+from fastcore.basics import patch
 from .core import atomic_torch_save, format_table
 from .models import cache_root
 
 # %% auto #0
-__all__ = ['MODES', 'tensor_digest', 'canonical', 'fingerprint', 'weights_fingerprint', 'sensq_imports', 'module_closure',
-           'code_fingerprint', 'function_digest', 'env_versions', 'Study', 'study_config', 'Claims', 'rss_bytes',
-           'PeakRSS', 'study_model']
+__all__ = ['MODES', 'SKIP_FIELDS', 'tensor_digest', 'canonical', 'fingerprint', 'weights_fingerprint', 'sensq_imports',
+           'module_closure', 'code_fingerprint', 'function_digest', 'cpu_model', 'env_versions', 'Study',
+           'result_diffs', 'study_config', 'Claims', 'rss_bytes', 'PeakRSS', 'study_model']
 
 # %% ../nbs/04_studies.ipynb #4d2dee3e
 def tensor_digest(t:Tensor, # any tensor (moved to the CPU to hash)
@@ -150,8 +151,15 @@ def function_digest(fn, # a function or lambda (typically defined in a notebook)
     return h.hexdigest()
 
 # %% ../nbs/04_studies.ipynb #a2daa169
-MODES = ('reuse', 'fresh', 'off')
+MODES = ('reuse', 'fresh', 'off', 'verify')
 _logger = logging.getLogger(__name__)
+
+def cpu_model() -> str:
+    "The CPU's model name (Linux `/proc/cpuinfo`, else `platform.processor()`): recorded with a row, not part of its key."
+    with contextlib.suppress(OSError):
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 def env_versions() -> dict:
     "Versions that change numerics: Python, torch, transformers, numpy, and the CPU kernels torch dispatches to."
@@ -164,7 +172,7 @@ class Study:
     def __init__(self, name:str, # study name (the notebook's), the cache subfolder
                  setup:dict, # study-wide configuration: model id and `weights_fingerprint`, calibration, protocol, ...
                  code:list[str], # sensq modules the rows run (their import closure is hashed)
-                 mode:str|None=None, # 'reuse', 'fresh', 'off' or 'since:<ISO time>'; default `$SENSQ_STUDY_MODE`, else 'reuse'
+                 mode:str|None=None, # 'reuse', 'fresh', 'off', 'verify' or 'since:<ISO time>'; default `$SENSQ_STUDY_MODE`, else 'reuse'
                  root:Path|str|None=None, # cache folder (default: `cache_root()/'studies'/name`)
                  package_dir:Path|str|None=None, # where the modules live (default: the imported sensq)
                 ):
@@ -181,7 +189,7 @@ class Study:
         self.code = code_fingerprint(code, package_dir)
         self.env = env_versions()
         self.root = Path(root) if root is not None else cache_root() / 'studies' / name
-        self.replayed, self.computed = [], []
+        self.replayed, self.computed, self.verified = [], [], []
 
     def key(self, row:str, config:dict, fn=None) -> tuple[str, dict]:
         "The row's key and the parts it hashes."
@@ -191,13 +199,19 @@ class Study:
 
     def path(self, key:str) -> Path: return self.root / f"{key}.pt"
 
-    def _load(self, key):
+    def _read(self, key):
+        "The stored record under `key`, or None (no file, an unreadable one, or another key inside)."
         f = self.path(key)
-        if (self.mode != 'reuse' and self.since is None) or not f.is_file(): return None
+        if not f.is_file(): return None
         try: rec = torch.load(f, weights_only=False)
         except Exception as e:
             _logger.warning("study %s: unreadable cache file %s (%s): recomputing", self.name, f, e); return None
-        if not isinstance(rec, dict) or rec.get('key') != key: return None
+        return rec if isinstance(rec, dict) and rec.get('key') == key else None
+
+    def _load(self, key):
+        if self.mode != 'reuse' and self.since is None: return None
+        rec = self._read(key)
+        if rec is None: return None
         if self.since is not None and datetime.datetime.fromisoformat(rec['computed_at']) < self.since: return None
         return rec
 
@@ -212,8 +226,9 @@ class Study:
             self.replayed.append(dict(row=row, seconds=rec['seconds'], computed_at=rec['computed_at'])); return rec['value']
         t = time.perf_counter(); value = fn(); secs = time.perf_counter() - t
         self.computed.append(dict(row=row, seconds=secs))
-        if self.mode != 'off':
-            atomic_torch_save(dict(key=key, parts=parts, value=value, seconds=secs,
+        if self.mode == 'verify': self._verify(row, key, value, secs)
+        elif self.mode != 'off':
+            atomic_torch_save(dict(key=key, parts=parts, value=value, seconds=secs, cpu=cpu_model(),
                                    computed_at=datetime.datetime.now().astimezone().isoformat(timespec='seconds')), self.path(key))
         return value
 
@@ -231,6 +246,92 @@ class Study:
             s += f", {len(self.replayed)} replayed from the cache (computed {when[0]} … {when[-1]} by the same code)"
         else: s += ', none replayed'
         return s
+
+# %% ../nbs/04_studies.ipynb #dbb6a446
+SKIP_FIELDS = r'(_s|seconds|_gb)$'   # wall times and memory: the machine, not the result
+
+def result_diffs(stored, # a row's stored result (dicts, lists, tuples, numbers, tensors, strings)
+                 new, # the same row recomputed
+                 skip:str=SKIP_FIELDS, # regex of dict keys left out (timings, memory)
+                 path:str='', # where in the result (used in recursion)
+                ) -> list[dict]: # one dict(field, stored, new, rel) per compared leaf; rel=inf where they cannot match
+    "Every leaf of two results side by side with its relative difference."
+    import re
+    def leaf(a, b, rel): return [dict(field=path or '(value)', stored=a, new=b, rel=rel)]
+    if isinstance(stored, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(stored) | set(new), key=str):
+            if re.search(skip, str(k)): continue
+            if k not in stored or k not in new: out += [dict(field=f"{path}.{k}".lstrip('.'), stored=stored.get(k, '(missing)'),
+                                                             new=new.get(k, '(missing)'), rel=math.inf)]; continue
+            out += result_diffs(stored[k], new[k], skip, f"{path}.{k}".lstrip('.'))
+        return out
+    if isinstance(stored, (list, tuple)) and isinstance(new, (list, tuple)):
+        if len(stored) != len(new): return leaf(f"{len(stored)} items", f"{len(new)} items", math.inf)
+        return [d for i, (a, b) in enumerate(zip(stored, new)) for d in result_diffs(a, b, skip, f"{path}[{i}]")]
+    if isinstance(stored, Tensor) and isinstance(new, Tensor):
+        if stored.shape != new.shape: return leaf(tuple(stored.shape), tuple(new.shape), math.inf)
+        if not stored.numel(): return leaf('empty', 'empty', 0.0)
+        a, b = stored.detach().double().cpu(), new.detach().double().cpu()
+        if not ((a.isnan() == b.isnan()).all() and (a.isinf() == b.isinf()).all() and (a[a.isinf()] == b[b.isinf()]).all()):
+            return leaf('non-finite', 'non-finite elsewhere', math.inf)
+        fin = a.isfinite()
+        scale = max(a[fin].abs().max().item() if fin.any() else 0.0, b[fin].abs().max().item() if fin.any() else 0.0)
+        d = (a[fin] - b[fin]).abs().max().item() if fin.any() else 0.0
+        return leaf(f"tensor{tuple(a.shape)}", f"max diff {d:.3g}", d / scale if scale else 0.0)
+    num = (int, float)
+    if isinstance(stored, num) and isinstance(new, num) and not isinstance(stored, bool) and not isinstance(new, bool):
+        if stored == new or (math.isnan(stored) and math.isnan(new)): return leaf(stored, new, 0.0)
+        if not (math.isfinite(stored) and math.isfinite(new)): return leaf(stored, new, math.inf)
+        return leaf(stored, new, abs(stored - new) / max(abs(stored), abs(new)))
+    return leaf(stored, new, 0.0 if type(stored) == type(new) and stored == new else math.inf)
+
+@patch
+def _verify(self:Study, row, key, value, secs):
+    "Compare a recomputed row with the result stored under the same key (or say why there is none)."
+    rec = self._read(key)
+    if rec is None:
+        self.verified.append(dict(row=row, seconds=secs, stored=None, why=self._why_missing(row, key))); return
+    diffs = result_diffs(rec['value'], value)
+    def rank(d): return d['rel'], isinstance(d['stored'], float) or str(d['stored']).startswith('tensor')   # ties: a number
+    worst = max(diffs, key=rank, default=dict(field='(nothing compared)', rel=0.0, stored='', new=''))
+    self.verified.append(dict(row=row, seconds=secs, stored=rec['computed_at'], cpu=rec.get('cpu', 'not recorded'), diffs=diffs, worst=worst))
+
+@patch
+def _why_missing(self:Study, row, key) -> str:
+    "Which parts of the key the stored rows of the same name differ in."
+    _, parts = self.key(row, {}, None)   # only the row-independent parts are compared below
+    seen = []
+    for f in sorted(self.root.glob('*.pt')) if self.root.is_dir() else []:
+        try: rec = torch.load(f, weights_only=False)
+        except Exception: continue
+        p = rec.get('parts', {}) if isinstance(rec, dict) else {}
+        if p.get('row') != row: continue
+        differ = [k for k in ('setup', 'code', 'env') if p.get(k) != parts[k]]
+        differ += [f"env.{k}" for k in sorted(parts['env']) if (p.get('env') or {}).get(k) != parts['env'][k]]
+        seen.append(', '.join(differ) or 'config or fn')
+    return ('no stored row of this name' if not seen
+            else f"{len(seen)} stored row(s) of this name, computed with other: " + ' | '.join(sorted(set(seen))))
+
+@patch
+def verify_report(self:Study,
+                  rel:float=1e-3, # largest relative difference a re-run may show
+                 ) -> tuple[str, bool]: # (table, whether every row was stored and matches within `rel`)
+    "A table of the rows recomputed in `verify` mode against their stored results."
+    def show(x): return f"{x:.7g}" if isinstance(x, float) else str(x)
+    rows, ok = [], True
+    for v in self.verified:
+        if v['stored'] is None:
+            ok = False; rows.append(dict(row=v['row'], stored='-', stored_on='-', fields=0, worst_field='-', stored_value='-', new_value='-',
+                                         rel_diff='-', holds=f"NO: {v['why']}")); continue
+        w = v['worst']; good = w['rel'] <= rel; ok &= good
+        rows.append(dict(row=v['row'], stored=v['stored'], stored_on=v['cpu'], fields=len(v['diffs']), worst_field=w['field'], stored_value=show(w['stored']), new_value=show(w['new']),
+                         rel_diff=f"{w['rel']:.2e}", holds='yes' if good else f"NO (> {rel:g})"))
+    cols = ['row', 'stored', 'stored_on', 'fields', 'worst_field', 'stored_value', 'new_value', 'rel_diff', 'holds']
+    off = [f"  {v['row']}: {d['field']} {show(d['stored'])} -> {show(d['new'])} ({d['rel']:.2e})"
+           for v in self.verified if v['stored'] is not None for d in v['diffs'] if d['rel'] > rel]
+    more = f"\nevery field beyond {rel:g}:\n" + '\n'.join(off[:50]) + (f"\n  ... {len(off) - 50} more" if len(off) > 50 else '') if off else ''
+    return (format_table(rows, cols) + more if rows else 'no row was recomputed'), ok and bool(rows)
 
 # %% ../nbs/04_studies.ipynb #4bb572b8
 def study_config(reference:dict, # the settings the committed outputs were computed with

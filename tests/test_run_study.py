@@ -23,6 +23,11 @@ def _run(*args, cache, timeout=900):
     (['36_lowbit_study', '--rows', '  '], '--rows got no code'),
     (['99_nothing'], 'no single study notebook'),
     (['36_lowbit_study', '--status', '--rows', 'x'], '--status runs nothing'),
+    (['36_lowbit_study', '--verify', 'x', '--rows', 'x'], '--verify runs its own rows'),
+    (['36_lowbit_study', '--verify', 'x', '--resume'], 'not with --fresh, --resume or --no-cache'),
+    (['36_lowbit_study', '--verify', 'x', '--out', '/tmp/x.ipynb'], '--verify writes no notebook'),
+    (['36_lowbit_study', '34_ds_study', '--verify', 'x'], '--verify takes one study'),
+    (['36_lowbit_study', '--verify', 'x', '--tol', '-1'], '--tol must be >= 0'),
 ])
 def test_bad_arguments(tmp_path, args, msg):
     r = _run(*args, cache=tmp_path)
@@ -58,6 +63,22 @@ def test_rows_land_under_the_keys_of_the_full_run(tmp_path):
     summ = _summary(out)
     assert summ and ', 2 replayed from the cache' in summ[-1], summ     # the kernel saw $SENSQ_CACHE and the same keys
     assert (REPO/'nbs'/'36_lowbit_study.ipynb').read_bytes() == committed, 'a reduced configuration never writes the committed page'
+
+
+def test_verify_recomputes_and_compares_with_the_stored_rows(tmp_path):
+    "`--verify` recomputes rows, writes nothing, passes where they match what is stored and fails where none is stored."
+    cache = tmp_path/'cache'
+    assert _run('36_lowbit_study', '--quick', '--rows', "run_row(2, 'rtn', False, 'none')", cache=cache).returncode == 0
+    stored = {p.name: p.read_bytes() for p in (cache/'studies'/'36_lowbit_study').glob('*.pt')}
+    r = _run('36_lowbit_study', '--quick', '--verify', "run_row(2, 'rtn', False, 'none')", cache=cache)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert '2 rows recomputed, each within 0.001 of its stored result' in r.stdout, r.stdout[-2000:]
+    table = [l for l in r.stdout.splitlines() if l.startswith('| fp32') or l.startswith('| w2-rtn-plain-none')]
+    assert len(table) == 2 and all(l.rstrip(' |').endswith('yes') for l in table), table
+    r = _run('36_lowbit_study', '--quick', '--verify', "run_row(2, 'rtn', False, 'alg1')", cache=cache)
+    assert r.returncode != 0 and 'NO: no stored row of this name' in r.stdout, r.stdout[-2000:]
+    assert 'has none stored' in r.stderr, r.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in (cache/'studies'/'36_lowbit_study').glob('*.pt')} == stored, 'verify writes nothing'
 
 
 def test_studies_run_with_avx2_kernels():

@@ -19,6 +19,12 @@ study's code cells that come before its `## Running every row` heading (setup, c
 same definitions, so every row lands in the cache under the key the full run gives it) in this Python process, then
 the given code (row calls), and writes no notebook. The full run (`--resume`) then replays those rows.
 
+`--verify` checks committed rows against a re-run: it recomputes the given rows (and the rows the study's definition
+cells compute, such as full precision) on this machine, stores nothing, and compares each result with the one stored
+under the same key (same code, configuration, setup, library versions and CPU kernels), field by field; it prints a
+table of the largest relative difference per row and fails when one exceeds `--tol` or a row has no stored result
+(saying which part of the key differs: other code, other versions, another CPU's kernels).
+
 `--status` lists the rows in a study's cache without running anything: when each was computed, in how many seconds,
 and whether the current code (the import closure the row hashed) and package versions would replay it; with
 `--resume`, also whether it was computed since the last `--fresh` run started. (The setup — model weights, calibration,
@@ -33,6 +39,7 @@ so the committed outputs are re-computed the same on AVX2 and AVX-512 machines. 
 Usage: python tools/run_study.py 23_hessian_study [--fresh | --resume | --no-cache] [--quick | --set n_cal=2 ...] [--out PATH]
        python tools/run_study.py --fresh 13_study 23_hessian_study 34_ds_study     # make studies
        python tools/run_study.py 36_lowbit_study --resume --status
+       SENSQ_CACHE=study_cache python tools/run_study.py 36_lowbit_study --verify "run_row(3, 'gptq', True, 'none')"
        python tools/run_study.py 36_lowbit_study --resume --rows "run_row(2, 'gptq', True, 'alg1'); run_row(3, 'awq', False, 'alg2')"
 """
 from __future__ import annotations
@@ -78,7 +85,7 @@ def definition_cells(path: Path) -> list[str]:
                      "which come before it")
 
 
-def run_rows(path: Path, code: str, mode: str, config: str) -> dict:
+def run_rows(path: Path, code: str, mode: str, config: str, tol: float = 1e-3) -> dict:
     "Execute the study's definition cells, then `code` (row calls: `run_row(...); run_row(...)`); returns the namespace."
     if not code.strip(): raise SystemExit('run_study: --rows got no code')
     cells = definition_cells(path)
@@ -90,6 +97,13 @@ def run_rows(path: Path, code: str, mode: str, config: str) -> dict:
     exec(compile(code, '<--rows>', 'exec'), ns)
     study = ns.get('STUDY')
     if study is not None and hasattr(study, 'summary'): print(study.summary(), flush=True)
+    if mode == 'verify':
+        if study is None: raise SystemExit(f'run_study: {path.stem} defines no STUDY to verify')
+        table, ok = study.verify_report(tol)
+        print(table, flush=True)
+        if not ok: raise SystemExit(f'run_study: {path.stem}: a recomputed row differs from its stored result by more than '
+                                    f'{tol:g} (relative), or has none stored')
+        print(f'run_study: {path.stem}: {len(study.verified)} rows recomputed, each within {tol:g} of its stored result', flush=True)
     return ns
 
 
@@ -146,6 +160,9 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, help='where to write the executed notebook (default: in place for the reference '
                                             'configuration, a temporary folder otherwise)')
     ap.add_argument('--timeout', type=int, default=None, help='seconds per cell (default: none)')
+    ap.add_argument('--verify', metavar='CODE', help="recompute these rows (row calls, as for --rows) without the cache and "
+                    "compare each with its stored result; fails beyond --tol")
+    ap.add_argument('--tol', type=float, default=1e-3, help='--verify: largest relative difference allowed (default 1e-3)')
     ap.add_argument('--status', action='store_true', help="list the study's cached rows and whether this code replays them; runs nothing")
     ap.add_argument('--rows', metavar='CODE', help="compute only these rows (Python: row calls such as "
                     "\"run_row(2, 'gptq', True, 'alg1'); run_row(...)\") after the study's definition cells, in this process; "
@@ -153,6 +170,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.quick and a.set: ap.error('--quick and --set are exclusive')
     if a.status and (a.rows is not None or a.fresh or a.no_cache or a.out): ap.error('--status runs nothing: it takes --resume and --quick/--set only')
+    if a.verify is not None:
+        if a.rows is not None or a.status: ap.error('--verify runs its own rows: not with --rows or --status')
+        if a.fresh or a.resume or a.no_cache: ap.error('--verify compares with every stored row: not with --fresh, --resume or --no-cache')
+        if a.out: ap.error('--verify writes no notebook (--out)')
+        if len(a.studies) != 1: ap.error('--verify takes one study')
+        if not a.tol >= 0: ap.error('--tol must be >= 0')
     if a.rows is not None:
         if len(a.studies) != 1: ap.error('--rows takes one study')
         if a.fresh or a.no_cache: ap.error('--rows adds rows to a run (the default cache or --resume); start a run with --fresh first')
@@ -174,6 +197,9 @@ def main(argv=None):
         elif a.resume:
             if not marker.is_file(): raise SystemExit(f'run_study: {p.stem}: no --fresh run to resume ({marker} missing)')
             mode = 'since:' + marker.read_text().strip()
+        if a.verify is not None:
+            print(f'run_study: {p.stem}: configuration {config}, verifying rows against the cache', flush=True)
+            run_rows(p, a.verify, 'verify', config, a.tol); return
         if a.status:
             print_status(p.stem, mode[6:] if mode.startswith('since:') else None); continue
         if a.rows is not None:
