@@ -28,6 +28,7 @@ def _run(*args, cache, timeout=900):
     (['36_lowbit_study', '--verify', 'x', '--out', '/tmp/x.ipynb'], '--verify writes no notebook'),
     (['36_lowbit_study', '34_ds_study', '--verify', 'x'], '--verify takes one study'),
     (['36_lowbit_study', '--verify', 'x', '--tol', '-1'], '--tol must be >= 0'),
+    (['36_lowbit_study', '--verify', ' '], '--verify got no code'),
 ])
 def test_bad_arguments(tmp_path, args, msg):
     r = _run(*args, cache=tmp_path)

@@ -90,7 +90,7 @@ def definition_cells(path: Path) -> list[str]:
 
 def run_rows(path: Path, code: str, mode: str, config: str, tol: float = 1e-3) -> dict:
     "Execute the study's definition cells, then `code` (row calls: `run_row(...); run_row(...)`); returns the namespace."
-    if not code.strip(): raise SystemExit('run_study: --rows got no code')
+    if not code.strip(): raise SystemExit(f"run_study: {'--verify' if mode == 'verify' else '--rows'} got no code")
     cells = definition_cells(path)
     os.environ.update(ENV, SENSQ_STUDY_MODE=mode, SENSQ_STUDY_CONFIG=config, MPLBACKEND='Agg')
     os.chdir(path.parent)  # where the notebook's kernel runs
