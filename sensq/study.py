@@ -329,7 +329,8 @@ def verify_report(self:Study,
                          rel_diff=f"{w['rel']:.2e}", holds='yes' if good else f"NO (> {rel:g})"))
     cols = ['row', 'stored', 'stored_on', 'fields', 'worst_field', 'stored_value', 'new_value', 'rel_diff', 'holds']
     off = [f"  {v['row']}: {d['field']} {show(d['stored'])} -> {show(d['new'])} ({d['rel']:.2e})"
-           for v in self.verified if v['stored'] is not None for d in v['diffs'] if d['rel'] > rel]
+           for v in self.verified if v['stored'] is not None
+           for d in sorted(v['diffs'], key=lambda d: -d['rel']) if d['rel'] > rel]   # each row's largest first
     more = f"\nevery field beyond {rel:g}:\n" + '\n'.join(off[:50]) + (f"\n  ... {len(off) - 50} more" if len(off) > 50 else '') if off else ''
     return (format_table(rows, cols) + more if rows else 'no row was recomputed'), ok and bool(rows)
 
